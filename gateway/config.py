@@ -1,0 +1,109 @@
+"""Settings: every option of the gateway, from command-line flags and ``GATEWAY_*`` variables.
+
+Precedence: a flag given on the command line, then the ``GATEWAY_<NAME>`` environment variable,
+then the default here. Every command (``serve``, ``keys``, ...) builds its settings the same way,
+so they all find the same store.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+
+ENV_PREFIX = "GATEWAY_"
+
+
+class Settings(BaseModel):
+    """The gateway's settings. Field names are the flag names with ``-`` for ``_``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str = Field("127.0.0.1", description="Address to listen on.")
+    port: int = Field(8080, ge=0, le=65535, description="Port to listen on.")
+    data_dir: Path = Field(Path("./var"), description="Directory for the SQLite store and key file.")
+    mappings: Path = Field(Path("./mappings"), description="Directory of per-group mapping files.")
+    region: str = Field("us-east-1", description="SigV4 region producers sign for.")
+    service: str = Field("execute-api", description="SigV4 service name producers sign for.")
+    store: str | None = Field(
+        None, description="Store URL; default: SQLite file gateway.db in the data directory."
+    )
+    sqlite_synchronous: Literal["FULL", "NORMAL"] = Field(
+        "FULL",
+        description="SQLite durability: FULL survives power loss; NORMAL survives crashes only.",
+    )
+    master_key: SecretStr | None = Field(
+        None,
+        description="Key that encrypts access-key secrets at rest; default: DATA_DIR/master.key.",
+    )
+    max_body_bytes: int = Field(1 << 20, gt=0, description="Largest single-record request body.")
+    max_batch_bytes: int = Field(5 << 20, gt=0, description="Largest batch request body.")
+    max_batch_records: int = Field(1000, gt=0, description="Most records in one batch.")
+    max_attributes: int = Field(200, gt=0, description="Most attributes in one record.")
+    max_key_length: int = Field(128, gt=0, description="Longest attribute name, in characters.")
+    max_value_length: int = Field(
+        16384, gt=0, description="Longest string value (each list item too), in characters."
+    )
+    max_list_items: int = Field(1000, gt=0, description="Most items in one list value.")
+    rate_limit: float = Field(
+        1000.0, gt=0, description="Default requests per second per access key (token bucket)."
+    )
+    rate_burst: int = Field(2000, gt=0, description="Default bucket size per access key.")
+    max_pending_writes: int = Field(
+        50000, gt=0, description="Records waiting for a commit before ingest answers 503."
+    )
+    clock_skew: float = Field(300.0, gt=0, description="Allowed SigV4 clock skew, in seconds.")
+    idempotency_ttl: float = Field(
+        86400.0, gt=0, description="How long Idempotency-Key answers are kept, in seconds."
+    )
+    key_cache_ttl: float = Field(
+        2.0, gt=0, description="Seconds an access key is cached (a revocation's longest delay)."
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
+
+    @property
+    def store_url(self) -> str:
+        """The store URL, defaulting to the SQLite file in the data directory."""
+        return self.store or f"sqlite:///{(self.data_dir / 'gateway.db').as_posix()}"
+
+
+def env_name(field: str) -> str:
+    """``data_dir`` -> ``GATEWAY_DATA_DIR``."""
+    return ENV_PREFIX + field.upper()
+
+
+def load_settings(overrides: dict[str, Any] | None = None, environ: dict[str, str] | None = None) -> Settings:
+    """Settings from ``GATEWAY_*`` variables with ``overrides`` (flags given) on top.
+
+    Raises :class:`SettingsError` naming every bad option and where it came from.
+    """
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for name in Settings.model_fields:
+        var = env_name(name)
+        if var in env and env[var] != "":
+            values[name] = env[var]
+            sources[name] = var
+    for name, value in (overrides or {}).items():
+        if value is not None:
+            values[name] = value
+            sources[name] = "--" + name.replace("_", "-")
+    try:
+        return Settings(**values)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            name = str(err["loc"][0]) if err["loc"] else "?"
+            problems.append(f"{sources.get(name, name)}: {err['msg']}")
+        raise SettingsError(problems) from None
+
+
+class SettingsError(Exception):
+    """Bad settings; ``problems`` names each option and what is wrong with it."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems

@@ -1,0 +1,291 @@
+"""The store interface: what every backend (SQLite now, PostgreSQL next) provides.
+
+The store holds records, their deliveries (one per integration), delivery attempts, access keys
+and idempotency keys. Writes from ingest go through :meth:`Store.commit_ingest`, which backends
+implement with *group commit*: concurrent callers share one transaction and each call returns only
+after the transaction holding its write is durably committed. The delivery engine uses
+claim-with-lease (:meth:`Store.claim_deliveries`) and batched state updates
+(:meth:`Store.update_deliveries`); operators list with cursor pagination.
+
+All times are float seconds since the Unix epoch (UTC).
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class StoreError(Exception):
+    """Base of the store's errors."""
+
+
+class StoreUnavailable(StoreError):
+    """The store cannot be reached or written (disk full, database down). Answer 503."""
+
+
+class StoreOverloaded(StoreError):
+    """Too many writes are waiting for a commit; shed load (503 with Retry-After)."""
+
+
+class DeliveryState(StrEnum):
+    """Where a delivery is in its life."""
+
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    DEAD = "dead"
+
+
+@dataclass(slots=True)
+class NewRecord:
+    """A record accepted at ingest, with the integrations it fans out to (one delivery each)."""
+
+    id: str
+    group_key: str
+    access_key_id: str
+    data_json: bytes  # the record's flat data, serialised once at ingest
+    received_at: float
+    integrations: list[str] = field(default_factory=list)
+    delivery_ids: list[str] = field(default_factory=list)  # same length as integrations
+    mapping_version: str | None = None
+
+
+@dataclass(slots=True)
+class IdempotencyEntry:
+    """A remembered answer, keyed per access key.
+
+    ``key`` is the client's ``Idempotency-Key`` header, or ``sig:<signature>`` for replay
+    protection of signed requests. ``request_hash`` identifies the request the answer belongs
+    to, so the same key with another body can be told apart (409).
+    """
+
+    access_key_id: str
+    key: str
+    request_hash: str
+    status: int
+    response: bytes
+    created_at: float
+    expires_at: float
+
+
+@dataclass(slots=True)
+class IngestWrite:
+    """One caller's unit of work for a group commit: records plus their idempotency entries."""
+
+    records: list[NewRecord]
+    idempotency: list[IdempotencyEntry] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class IngestResult:
+    """What happened to an :class:`IngestWrite`.
+
+    ``replay`` is set (and nothing was written) when one of the write's idempotency keys was
+    already stored and unexpired; it holds that stored entry.
+    """
+
+    committed: bool
+    replay: IdempotencyEntry | None = None
+
+
+@dataclass(slots=True)
+class AccessKey:
+    """A producer's access key. The secret is stored encrypted (see gateway.auth.keys)."""
+
+    access_key_id: str
+    secret_ciphertext: bytes
+    groups: list[str]
+    name: str | None
+    created_at: float
+    revoked_at: float | None = None
+    rate_limit: float | None = None  # requests per second; None: the server default
+    rate_burst: int | None = None
+
+
+@dataclass(slots=True)
+class Delivery:
+    """One record's delivery to one integration."""
+
+    id: str
+    record_id: str
+    group_key: str
+    integration: str
+    state: DeliveryState
+    attempts: int
+    next_attempt_at: float
+    created_at: float
+    updated_at: float
+    lease_owner: str | None = None
+    lease_expires_at: float | None = None
+    last_error: str | None = None
+    last_status: int | None = None
+    delivered_at: float | None = None
+
+
+@dataclass(slots=True)
+class ClaimedDelivery:
+    """A delivery claimed under a lease, with what sending needs of its record."""
+
+    delivery: Delivery
+    data_json: bytes
+    received_at: float
+
+
+@dataclass(slots=True)
+class Attempt:
+    """One delivery attempt, recorded for status and audit."""
+
+    delivery_id: str
+    started_at: float
+    duration_ms: float
+    status: int | None
+    error: str | None
+    mapping_version: str | None
+
+
+@dataclass(slots=True)
+class DeliveryUpdate:
+    """A state change for a delivery held under ``lease_owner``'s lease.
+
+    Applied only while the lease is still that owner's, so a worker whose lease expired cannot
+    overwrite the work of the one that took over. The lease is released.
+    """
+
+    delivery_id: str
+    lease_owner: str
+    state: DeliveryState
+    next_attempt_at: float
+    last_error: str | None = None
+    last_status: int | None = None
+    attempt: Attempt | None = None
+
+
+@dataclass(slots=True)
+class StoredRecord:
+    """A record as stored, with its deliveries."""
+
+    id: str
+    group_key: str
+    access_key_id: str
+    data_json: bytes
+    received_at: float
+    mapping_version: str | None
+    deliveries: list[Delivery]
+
+
+@dataclass(slots=True)
+class DeliveryFilter:
+    """Which deliveries to list. Every field set narrows the result."""
+
+    state: DeliveryState | None = None
+    group_key: str | None = None
+    integration: str | None = None
+    created_after: float | None = None
+    created_before: float | None = None
+
+
+@dataclass(slots=True)
+class Page(Generic[T]):
+    """One page of a listing; ``next_cursor`` is None on the last page."""
+
+    items: list[T]
+    next_cursor: str | None
+
+
+class Store(abc.ABC):
+    """The store interface. Every method may raise :class:`StoreUnavailable`."""
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Connect, apply pending schema migrations, start background writers."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Finish every pending commit, then release the store."""
+
+    @abc.abstractmethod
+    async def ping(self) -> None:
+        """Raise :class:`StoreUnavailable` unless the store answers a trivial query."""
+
+    # -- ingest ---------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def commit_ingest(self, write: IngestWrite) -> IngestResult:
+        """Store records, their deliveries and idempotency entries atomically (group commit).
+
+        Returns after the transaction holding this write is durably committed. If any of the
+        write's idempotency keys already exists unexpired, writes nothing and returns that
+        entry as ``replay``. Raises :class:`StoreOverloaded` instead of queueing without bound.
+        """
+
+    @abc.abstractmethod
+    async def get_idempotency(self, access_key_id: str, key: str, now: float) -> IdempotencyEntry | None:
+        """The unexpired entry for ``key``, if any (a fast path before :meth:`commit_ingest`)."""
+
+    @abc.abstractmethod
+    async def purge_idempotency(self, now: float) -> int:
+        """Delete expired idempotency entries; return how many."""
+
+    @abc.abstractmethod
+    def pending_writes(self) -> int:
+        """Records waiting for a commit (for load shedding and metrics)."""
+
+    # -- records --------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def get_record(self, record_id: str) -> StoredRecord | None:
+        """The record and its deliveries, or None."""
+
+    @abc.abstractmethod
+    async def count_records(self) -> int:
+        """How many records are stored (tests, status)."""
+
+    # -- access keys ----------------------------------------------------------------------
+    @abc.abstractmethod
+    async def create_access_key(self, key: AccessKey) -> None:
+        """Store a new access key."""
+
+    @abc.abstractmethod
+    async def get_access_key(self, access_key_id: str) -> AccessKey | None:
+        """The key, revoked or not, or None."""
+
+    @abc.abstractmethod
+    async def list_access_keys(self) -> list[AccessKey]:
+        """Every key, oldest first."""
+
+    @abc.abstractmethod
+    async def revoke_access_key(self, access_key_id: str, now: float) -> bool:
+        """Mark the key revoked; False when there is no such key."""
+
+    # -- deliveries -----------------------------------------------------------------------
+    @abc.abstractmethod
+    async def claim_deliveries(
+        self,
+        owner: str,
+        *,
+        limit: int,
+        lease_seconds: float,
+        now: float,
+        group_key: str | None = None,
+        integration: str | None = None,
+    ) -> list[ClaimedDelivery]:
+        """Lease up to ``limit`` due pending deliveries (oldest due first) to ``owner``.
+
+        Due: state pending, ``next_attempt_at <= now``, and no lease or an expired one.
+        """
+
+    @abc.abstractmethod
+    async def update_deliveries(self, updates: list[DeliveryUpdate]) -> int:
+        """Apply state changes in one transaction; return how many still held their lease."""
+
+    @abc.abstractmethod
+    async def list_deliveries(
+        self, flt: DeliveryFilter, *, cursor: str | None = None, limit: int = 100
+    ) -> Page[Delivery]:
+        """Deliveries matching ``flt``, oldest first, one page at a time."""
+
+    @abc.abstractmethod
+    async def list_attempts(self, delivery_id: str) -> list[Attempt]:
+        """Every recorded attempt of a delivery, oldest first."""
