@@ -1,0 +1,356 @@
+"""The ``gateway`` command: serve, keys, send.
+
+Every option of a command is a flag and a ``GATEWAY_*`` variable (flag wins); every command finds
+the store the same way (``--store`` / ``--data-dir``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shlex
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from gateway.config import Settings, SettingsError, env_name, load_settings
+
+DEMO_RECORD = {"epost": "john.doe@example.com", "namn": "John Doe", "some_tags": ["TAG1", "TAG2"]}
+
+# Options every command that touches the store takes.
+STORE_OPTIONS = ("data_dir", "mappings", "store", "sqlite_synchronous")
+# Never offered as a flag: a secret on the command line shows in `ps` and shell history.
+ENV_ONLY = {"master_key"}
+
+
+def _add_settings_flags(parser: argparse.ArgumentParser, names: Sequence[str]) -> None:
+    for name in names:
+        field = Settings.model_fields[name]
+        parser.add_argument(
+            "--" + name.replace("_", "-"),
+            dest=name,
+            default=None,
+            metavar=name.upper(),
+            help=f"{field.description} [{env_name(name)}; default: {field.default}]",
+        )
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides = {k: getattr(args, k) for k in Settings.model_fields if hasattr(args, k)}
+    return load_settings(overrides)
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, ensure_ascii=False))
+
+
+# -- serve ---------------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Run the gateway until SIGTERM or SIGINT; pending commits finish before it exits."""
+    from aiohttp import web
+
+    from gateway.app import create_app
+
+    settings = _settings(args)
+    if args.bootstrap_key:
+        asyncio.run(_bootstrap_key(settings, args.bootstrap_key))
+    app = create_app(settings)
+    loop = None
+    try:
+        import uvloop
+
+        loop = uvloop.new_event_loop()
+    except ImportError:  # uvloop is optional: plain asyncio works, only slower
+        pass
+    web.run_app(
+        app,
+        host=settings.host,
+        port=settings.port,
+        access_log=None,
+        print=lambda *a: print(*a, file=sys.stderr),
+        loop=loop,
+        shutdown_timeout=10.0,
+    )
+    return 0
+
+
+async def _bootstrap_key(settings: Settings, group: str) -> None:
+    """On a store with no keys yet, make one for ``group`` and show how to use it."""
+    async with _store_session(settings) as (store, box):
+        from gateway.auth.keys import create_key
+
+        if await store.list_access_keys():
+            return
+        key = await create_key(store, box, [group], name="bootstrap")
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    url = f"http://{host}:{settings.port}/v1/records"
+    body = json.dumps({"group_key": group, "data": DEMO_RECORD}, ensure_ascii=False)
+    curl = (
+        f"curl --aws-sigv4 {shlex.quote(f'aws:amz:{settings.region}:{settings.service}')} "
+        f"--user {shlex.quote(f'{key.access_key_id}:{key.secret_access_key}')} \\\n"
+        f"  -H 'Content-Type: application/json' \\\n"
+        f"  -d {shlex.quote(body)} \\\n  {url}"
+    )
+    print(
+        f"\nNo access keys yet: created one for group '{group}'. The secret is shown only now.\n"
+        f"  access key id:     {key.access_key_id}\n"
+        f"  secret access key: {key.secret_access_key}\n\n"
+        f"Send the demo record:\n\n{curl}\n",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+# -- keys ----------------------------------------------------------------------------------
+
+
+class _store_session:
+    """``async with _store_session(settings) as (store, box)``: the store, opened and closed."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    async def __aenter__(self) -> tuple[Any, Any]:
+        from gateway.auth.keys import SecretBox, load_master_key
+        from gateway.store import open_store
+
+        s = self.settings
+        self.store = open_store(s.store_url, synchronous=s.sqlite_synchronous)
+        await self.store.open()
+        master = s.master_key.get_secret_value() if s.master_key else None
+        return self.store, SecretBox(load_master_key(s.data_dir, master))
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.store.close()
+
+
+def cmd_keys_create(args: argparse.Namespace) -> int:
+    """Create an access key; print its id and secret once."""
+    from gateway.auth.keys import create_key
+
+    settings = _settings(args)
+    missing = [g for g in args.group if not (settings.mappings / f"{g}.yaml").exists()]
+    for g in missing:
+        print(
+            f"warning: no mapping file {settings.mappings / (g + '.yaml')}: records for group "
+            f"'{g}' are refused until it exists",
+            file=sys.stderr,
+        )
+
+    async def run() -> Any:
+        async with _store_session(settings) as (store, box):
+            return await create_key(
+                store, box, args.group, args.name, args.rate_limit, args.rate_burst
+            )
+
+    key = asyncio.run(run())
+    if args.json:
+        _print_json(
+            {
+                "access_key_id": key.access_key_id,
+                "secret_access_key": key.secret_access_key,
+                "groups": key.groups,
+                "name": key.name,
+            }
+        )
+    else:
+        print(f"access key id:     {key.access_key_id}")
+        print(f"secret access key: {key.secret_access_key}")
+        print(f"groups:            {', '.join(key.groups)}")
+        if key.name:
+            print(f"name:              {key.name}")
+        print("The secret is shown only now; store it safely.")
+    return 0
+
+
+def _ts(value: float | None) -> str | None:
+    if value is None:
+        return None
+    return datetime.fromtimestamp(value, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    """List access keys, never their secrets."""
+    settings = _settings(args)
+
+    async def run() -> list[Any]:
+        async with _store_session(settings) as (store, _):
+            return await store.list_access_keys()
+
+    rows = [
+        {
+            "access_key_id": k.access_key_id,
+            "name": k.name,
+            "groups": k.groups,
+            "created_at": _ts(k.created_at),
+            "revoked_at": _ts(k.revoked_at),
+            "rate_limit": k.rate_limit,
+            "rate_burst": k.rate_burst,
+        }
+        for k in asyncio.run(run())
+    ]
+    if args.json:
+        _print_json(rows)
+        return 0
+    if not rows:
+        print("no access keys; create one with: gateway keys create --group GROUP")
+        return 0
+    print(f"{'ACCESS KEY ID':<22}{'STATE':<10}{'CREATED':<22}{'NAME':<20}GROUPS")
+    for r in rows:
+        state = "revoked" if r["revoked_at"] else "active"
+        print(
+            f"{r['access_key_id']:<22}{state:<10}{r['created_at']:<22}{(r['name'] or '-'):<20}"
+            f"{','.join(r['groups'])}"
+        )
+    return 0
+
+
+def cmd_keys_revoke(args: argparse.Namespace) -> int:
+    """Revoke a key; a running server refuses it within GATEWAY_KEY_CACHE_TTL seconds."""
+    import time
+
+    settings = _settings(args)
+
+    async def run() -> bool:
+        async with _store_session(settings) as (store, _):
+            return await store.revoke_access_key(args.access_key_id, time.time())
+
+    if not asyncio.run(run()):
+        print(f"error: no access key {args.access_key_id}", file=sys.stderr)
+        return 1
+    print(f"revoked {args.access_key_id}")
+    return 0
+
+
+# -- send ----------------------------------------------------------------------------------
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    """Sign a record with botocore's SigV4 and print the gateway's answer."""
+    import os
+
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    try:
+        data = json.loads(args.data)
+    except json.JSONDecodeError as exc:
+        print(f"error: --data is not valid JSON: {exc}", file=sys.stderr)
+        return 2
+    access = args.access_key or os.environ.get("AWS_ACCESS_KEY_ID")
+    secret = args.secret_key or os.environ.get("AWS_SECRET_ACCESS_KEY")
+    if not access or not secret:
+        print(
+            "error: no credentials: give --access-key and --secret-key, or set "
+            "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
+            file=sys.stderr,
+        )
+        return 2
+    settings = _settings(args)
+    url = args.url.rstrip("/")
+    if not url.endswith("/v1/records"):
+        url += "/v1/records"
+    body = json.dumps({"group_key": args.group, "data": data}).encode()
+    headers = {"Content-Type": "application/json"}
+    if args.idempotency_key:
+        headers["Idempotency-Key"] = args.idempotency_key
+    req = AWSRequest(method="POST", url=url, data=body, headers=headers)
+    SigV4Auth(Credentials(access, secret), settings.service, settings.region).add_auth(req)
+    prepared = req.prepare()
+    http_req = urllib.request.Request(
+        prepared.url, data=body, headers=dict(prepared.headers.items()), method="POST"
+    )
+    try:
+        with urllib.request.urlopen(http_req, timeout=30) as resp:
+            status, raw = resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        status, raw = exc.code, exc.read()
+    except (urllib.error.URLError, OSError) as exc:
+        print(f"error: cannot reach {url}: {exc}", file=sys.stderr)
+        return 1
+    try:
+        answer: Any = json.loads(raw)
+    except ValueError:
+        answer = raw.decode("utf-8", "replace")
+    if args.json:
+        _print_json({"status": status, "body": answer})
+    else:
+        print(f"HTTP {status}")
+        _print_json(answer)
+    return 0 if 200 <= status < 300 else 1
+
+
+# -- parser --------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``gateway`` argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="gateway",
+        description="Data-forwarding gateway: SigV4-signed flat records in, integrations out.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser(
+        "serve", help="run the gateway", description=cmd_serve.__doc__
+    )
+    _add_settings_flags(serve, [n for n in Settings.model_fields if n not in ENV_ONLY])
+    serve.add_argument(
+        "--bootstrap-key",
+        metavar="GROUP",
+        default=None,
+        help="if the store has no access keys yet, create one for GROUP and print it with a "
+        "ready-to-paste curl command (the quick start uses 'demo')",
+    )
+    serve.set_defaults(func=cmd_serve)
+
+    keys = sub.add_parser("keys", help="manage producers' access keys")
+    ksub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    create = ksub.add_parser("create", help="create a key (the secret is printed once)")
+    create.add_argument("--group", action="append", required=True, help="a group the key may send to (repeatable)")
+    create.add_argument("--name", help="a label for the key")
+    create.add_argument("--rate-limit", type=float, help="requests per second (default: the server's)")
+    create.add_argument("--rate-burst", type=int, help="token bucket size (default: the server's)")
+    create.add_argument("--json", action="store_true", help="print JSON")
+    create.set_defaults(func=cmd_keys_create)
+    lst = ksub.add_parser("list", help="list keys (never their secrets)")
+    lst.add_argument("--json", action="store_true", help="print JSON")
+    lst.set_defaults(func=cmd_keys_list)
+    revoke = ksub.add_parser("revoke", help="revoke a key")
+    revoke.add_argument("access_key_id", metavar="ACCESS_KEY_ID")
+    revoke.set_defaults(func=cmd_keys_revoke)
+    for p in (create, lst, revoke):
+        _add_settings_flags(p, STORE_OPTIONS)
+
+    send = sub.add_parser("send", help="send one signed record and print the answer")
+    send.add_argument("--url", required=True, help="the gateway's base URL, e.g. http://127.0.0.1:8080")
+    send.add_argument("--group", required=True, help="the record's group key")
+    send.add_argument("--data", required=True, help="the record's data as a JSON object")
+    send.add_argument("--access-key", help="access key id [AWS_ACCESS_KEY_ID]")
+    send.add_argument("--secret-key", help="secret access key [AWS_SECRET_ACCESS_KEY]")
+    send.add_argument("--idempotency-key", help="send an Idempotency-Key header")
+    send.add_argument("--json", action="store_true", help="print JSON: {status, body}")
+    _add_settings_flags(send, ["region", "service"])
+    send.set_defaults(func=cmd_send)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``gateway`` command."""
+    args = build_parser().parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except SettingsError as exc:
+        for problem in exc.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,313 @@
+"""The producer API: ``POST /v1/records``, ``POST /v1/records/batch``, ``GET /v1/records/{id}``.
+
+Every request is SigV4-authenticated and rate limited per access key. A record is answered 202
+only after it and its deliveries are committed (group commit in the store).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from gateway.auth.keys import KeyRing
+from gateway.auth.request import Principal, authenticate
+from gateway.auth.sigv4 import SigV4Verifier
+from gateway.errors import ApiError, json_response
+from gateway.ids import delivery_id, record_id
+from gateway.ingest import idempotency
+from gateway.ingest.ratelimit import KeyedLimiter
+from gateway.ingest.validate import Limits, validate_record
+from gateway.mapping.groups import GroupRegistry
+from gateway.store.base import (
+    Delivery,
+    IngestWrite,
+    NewRecord,
+    Store,
+    StoreOverloaded,
+    StoreUnavailable,
+)
+
+
+@dataclass(slots=True)
+class Ingest:
+    """What the producer API needs, built once by the application factory."""
+
+    store: Store
+    keys: KeyRing
+    verifier: SigV4Verifier
+    limiter: KeyedLimiter
+    groups: GroupRegistry
+    limits: Limits
+    max_body_bytes: int
+    max_batch_bytes: int
+    max_batch_records: int
+    idempotency_ttl: float
+    signature_ttl: float
+
+
+INGEST = web.AppKey("ingest", Ingest)
+
+
+def iso(ts: float | None) -> str | None:
+    """Epoch seconds as ISO 8601 UTC with milliseconds."""
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes:
+    length = request.content_length
+    if length is not None and length > limit:
+        raise ApiError(
+            413, "PAYLOAD_TOO_LARGE", f"request body is {length} bytes; at most {limit} allowed"
+        )
+    body = await request.read()
+    if len(body) > limit:
+        raise ApiError(
+            413, "PAYLOAD_TOO_LARGE", f"request body is over the limit of {limit} bytes"
+        )
+    return body
+
+
+async def _admit(ing: Ingest, request: web.Request, limit: int) -> tuple[Principal, bytes]:
+    """Read the body, authenticate, rate limit. Returns the caller and the body."""
+    body = await _read_body(request, limit)
+    principal = await authenticate(ing.verifier, ing.keys, request, body)
+    key = principal.key
+    decision = ing.limiter.take(key.access_key_id, key.rate_limit, key.rate_burst)
+    request["rate_headers"] = decision.headers()
+    if not decision.allowed:
+        raise ApiError(
+            429,
+            "RATE_LIMITED",
+            f"Rate limit of {decision.limit} requests exceeded for this access key; retry "
+            f"after {decision.retry_after} s",
+            headers=request["rate_headers"],
+        )
+    return principal, body
+
+
+def _parse_json(request: web.Request, body: bytes) -> Any:
+    ctype = request.content_type
+    if ctype != "application/json":
+        raise ApiError(
+            415,
+            "UNSUPPORTED_MEDIA_TYPE",
+            f"Content-Type must be application/json, not {ctype or 'missing'}",
+        )
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(400, "MALFORMED_JSON", f"request body is not valid JSON: {exc}") from None
+
+
+def _check_record(
+    ing: Ingest, principal: Principal, obj: Any
+) -> tuple[str, dict[str, Any], list[str], str | None]:
+    """Validate one record and its group; raise ApiError; return what storing it needs."""
+    group_key, data, errors = validate_record(obj, ing.limits)
+    if group_key is not None and group_key not in principal.key.groups:
+        raise ApiError(
+            403,
+            "GROUP_NOT_ALLOWED",
+            f"Access key {principal.access_key_id} may not send records to group '{group_key}'",
+        )
+    if errors or group_key is None:
+        raise ApiError(422, "INVALID_DATA", "the record is not valid", errors=errors)
+    mapping = ing.groups.get(group_key)
+    if mapping is None:
+        raise ApiError(
+            422,
+            "UNKNOWN_GROUP",
+            f"Unknown group '{group_key}': there is no mapping file for it",
+            errors=[{"field": "group_key", "message": "no such group"}],
+        )
+    return group_key, data, mapping.fan_out(data), mapping.version
+
+
+def _new_record(
+    principal: Principal,
+    group_key: str,
+    data: dict[str, Any],
+    integrations: list[str],
+    version: str | None,
+    now: float,
+) -> NewRecord:
+    return NewRecord(
+        id=record_id(),
+        group_key=group_key,
+        access_key_id=principal.access_key_id,
+        data_json=orjson.dumps(data),
+        received_at=now,
+        integrations=integrations,
+        delivery_ids=[delivery_id() for _ in integrations],
+        mapping_version=version,
+    )
+
+
+async def _commit(
+    ing: Ingest,
+    request: web.Request,
+    principal: Principal,
+    records: list[NewRecord],
+    status: int,
+    body: dict[str, Any],
+    idem_keys: list[tuple[str, float]],
+    req_hash: str,
+) -> web.Response:
+    """Commit records with their idempotency entries; answer, or replay the earlier answer."""
+    payload = orjson.dumps(body)
+    write = IngestWrite(
+        records,
+        idempotency.entries(principal.access_key_id, idem_keys, req_hash, status, payload),
+    )
+    try:
+        result = await ing.store.commit_ingest(write)
+    except StoreOverloaded:
+        raise ApiError(
+            503, "OVERLOADED", "The gateway is busy storing records; retry shortly",
+            headers={"Retry-After": "1"},
+        ) from None
+    except StoreUnavailable as exc:
+        raise ApiError(
+            503, "STORE_UNAVAILABLE", f"The store is unavailable: {exc}",
+            headers={"Retry-After": "5"},
+        ) from None
+    if not result.committed:
+        assert result.replay is not None
+        return idempotency.replay_response(result.replay, req_hash)
+    return web.Response(body=payload, status=status, content_type="application/json")
+
+
+async def _idempotency_keys(
+    ing: Ingest, request: web.Request, principal: Principal, body: bytes
+) -> tuple[list[tuple[str, float]], str, web.Response | None]:
+    """The write's idempotency keys, its request hash, and an earlier answer if one exists."""
+    req_hash = idempotency.request_hash(request.method, request.path, body)
+    keys = [("sig:" + principal.signature, ing.signature_ttl)]
+    header_key = idempotency.header_key(request)
+    replay = None
+    if header_key is not None:
+        keys.append((header_key, ing.idempotency_ttl))
+        replay = await idempotency.find_replay(
+            ing.store, principal.access_key_id, [header_key], req_hash
+        )
+    return keys, req_hash, replay
+
+
+async def post_record(request: web.Request) -> web.Response:
+    """``POST /v1/records``: store one record, 202 once committed."""
+    ing = request.app[INGEST]
+    principal, body = await _admit(ing, request, ing.max_body_bytes)
+    obj = _parse_json(request, body)
+    keys, req_hash, replay = await _idempotency_keys(ing, request, principal, body)
+    if replay is not None:
+        return replay
+    group_key, data, integrations, version = _check_record(ing, principal, obj)
+    request["group_key"] = group_key
+    rec = _new_record(principal, group_key, data, integrations, version, time.time())
+    request["record_id"] = rec.id
+    answer = {"id": rec.id, "status": "accepted", "integrations": integrations}
+    return await _commit(ing, request, principal, [rec], 202, answer, keys, req_hash)
+
+
+async def post_batch(request: web.Request) -> web.Response:
+    """``POST /v1/records/batch``: validate each record; store the valid ones; 200 per item."""
+    ing = request.app[INGEST]
+    principal, body = await _admit(ing, request, ing.max_batch_bytes)
+    obj = _parse_json(request, body)
+    if not isinstance(obj, dict) or not isinstance(obj.get("records"), list):
+        raise ApiError(
+            400, "INVALID_REQUEST", 'a batch body is {"records": [{"data": ..., "group_key": ...}]}'
+        )
+    extra = obj.keys() - {"records"}
+    if extra:
+        raise ApiError(
+            400, "INVALID_REQUEST", f"unknown batch fields: {', '.join(sorted(map(str, extra)))}"
+        )
+    items = obj["records"]
+    if len(items) > ing.max_batch_records:
+        raise ApiError(
+            413,
+            "BATCH_TOO_LARGE",
+            f"batch holds {len(items)} records; at most {ing.max_batch_records} allowed",
+        )
+    keys, req_hash, replay = await _idempotency_keys(ing, request, principal, body)
+    if replay is not None:
+        return replay
+    now = time.time()
+    records: list[NewRecord] = []
+    results: list[dict[str, Any]] = []
+    for index, item in enumerate(items):
+        try:
+            group_key, data, integrations, version = _check_record(ing, principal, item)
+        except ApiError as err:
+            results.append({"index": index, "status": "rejected", **err.body(), "http_status": err.status})
+            continue
+        rec = _new_record(principal, group_key, data, integrations, version, now)
+        records.append(rec)
+        results.append(
+            {"index": index, "status": "accepted", "id": rec.id, "integrations": integrations}
+        )
+    request["records"] = len(records)
+    answer = {"accepted": len(records), "rejected": len(items) - len(records), "results": results}
+    if not records:
+        return json_response(answer)
+    return await _commit(ing, request, principal, records, 200, answer, keys, req_hash)
+
+
+def delivery_view(d: Delivery) -> dict[str, Any]:
+    """A delivery as the API shows it."""
+    return {
+        "id": d.id,
+        "integration": d.integration,
+        "state": str(d.state),
+        "attempts": d.attempts,
+        "last_error": d.last_error,
+        "last_status": d.last_status,
+        "next_attempt_at": iso(d.next_attempt_at) if d.state == "pending" else None,
+        "created_at": iso(d.created_at),
+        "updated_at": iso(d.updated_at),
+        "delivered_at": iso(d.delivered_at),
+    }
+
+
+async def get_record(request: web.Request) -> web.Response:
+    """``GET /v1/records/{id}``: the record and its deliveries, for keys allowed on its group."""
+    ing = request.app[INGEST]
+    principal, _ = await _admit(ing, request, ing.max_body_bytes)
+    rid = request.match_info["id"]
+    try:
+        rec = await ing.store.get_record(rid)
+    except StoreUnavailable as exc:
+        raise ApiError(
+            503, "STORE_UNAVAILABLE", f"The store is unavailable: {exc}",
+            headers={"Retry-After": "5"},
+        ) from None
+    # A record of a group the key may not see is answered as absent, so ids cannot be probed.
+    if rec is None or rec.group_key not in principal.key.groups:
+        raise ApiError(404, "RECORD_NOT_FOUND", f"No record with id '{rid}'")
+    request["group_key"] = rec.group_key
+    request["record_id"] = rec.id
+    return json_response(
+        {
+            "id": rec.id,
+            "group_key": rec.group_key,
+            "received_at": iso(rec.received_at),
+            "mapping_version": rec.mapping_version,
+            "data": orjson.Fragment(rec.data_json),
+            "deliveries": [delivery_view(d) for d in rec.deliveries],
+        }
+    )
+
+
+def add_routes(app: web.Application) -> None:
+    """Register the producer API's routes."""
+    app.router.add_post("/v1/records", post_record)
+    app.router.add_post("/v1/records/batch", post_batch)
+    app.router.add_get("/v1/records/{id}", get_record)
