@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 ENV_PREFIX = "GATEWAY_"
 
@@ -63,6 +63,16 @@ class Settings(BaseModel):
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
 
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        # A batch larger than the commit queue could never be accepted.
+        if self.max_pending_writes < self.max_batch_records:
+            raise ValueError(
+                f"max_pending_writes ({self.max_pending_writes}) must be at least "
+                f"max_batch_records ({self.max_batch_records})"
+            )
+        return self
+
     @property
     def store_url(self) -> str:
         """The store URL, defaulting to the SQLite file in the data directory."""
@@ -96,8 +106,11 @@ def load_settings(overrides: dict[str, Any] | None = None, environ: dict[str, st
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
-            name = str(err["loc"][0]) if err["loc"] else "?"
-            problems.append(f"{sources.get(name, name)}: {err['msg']}")
+            if err["loc"]:
+                name = str(err["loc"][0])
+                problems.append(f"{sources.get(name, name)}: {err['msg']}")
+            else:
+                problems.append(err["msg"])
         raise SettingsError(problems) from None
 
 
