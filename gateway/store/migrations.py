@@ -18,6 +18,8 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import resources
+from importlib.resources.abc import Traversable
+from pathlib import Path
 
 # The directory next to this module holding one sub-directory of SQL files per dialect.
 _PACKAGE = "gateway.store"
@@ -50,15 +52,17 @@ class Migration:
         return split_statements(self.sql)
 
 
-def load_migrations(dialect: str) -> list[Migration]:
+def load_migrations(dialect: str, folder: Traversable | Path | None = None) -> list[Migration]:
     """Every migration file for ``dialect`` (``"sqlite"``, ``"postgresql"``), by version.
 
-    Raises :class:`MigrationError` on a badly named file, a duplicate version, or a gap in the
-    numbering (a gap usually means a file was lost in a merge).
+    ``folder`` overrides where the files are (tests). Raises :class:`MigrationError` on a
+    badly named file, a duplicate version, or a gap in the numbering (a gap usually means a
+    file was lost in a merge).
     """
-    folder = resources.files(_PACKAGE).joinpath(_DIR, dialect)
+    if folder is None:
+        folder = resources.files(_PACKAGE) / _DIR / dialect
     if not folder.is_dir():
-        raise MigrationError(f"no migrations for dialect {dialect!r}")
+        raise MigrationError(f"no migrations for dialect {dialect!r} in {folder}")
     found: dict[int, Migration] = {}
     for entry in folder.iterdir():
         if not entry.name.endswith(".sql"):
@@ -124,14 +128,16 @@ def _has_code(text: str) -> bool:
     return bool(without.strip(" \t\r\n;"))
 
 
-def apply_sqlite(conn: sqlite3.Connection, dialect: str = "sqlite") -> list[int]:
+def apply_sqlite(conn: sqlite3.Connection, migrations: list[Migration] | None = None) -> list[int]:
     """Apply pending migrations to ``conn`` (autocommit mode); return the versions applied.
 
-    Everything runs in one ``BEGIN IMMEDIATE`` transaction: concurrent openers of the same file
-    serialise on the write lock, and the second finds nothing left to do. A failing migration
-    rolls back whole, leaving the database at its previous version.
+    ``migrations`` defaults to the packaged SQLite ones. Everything runs in one
+    ``BEGIN IMMEDIATE`` transaction: concurrent openers of the same file serialise on the
+    write lock, and the second finds nothing left to do. A failing migration rolls back
+    whole, leaving the database at its previous version.
     """
-    migrations = load_migrations(dialect)
+    if migrations is None:
+        migrations = load_migrations("sqlite")
     conn.execute("BEGIN IMMEDIATE")
     try:
         conn.execute(SCHEMA_TABLE_SQL)

@@ -1,0 +1,46 @@
+"""Shared fixtures. Keep each area in its own section."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from gateway.store import open_store
+from gateway.store.base import Store
+
+# -- store ----------------------------------------------------------------------------------
+# Every backend the store tests run against. A backend joins by adding its name here and a
+# branch in store_url_for() (e.g. "postgresql" with a throwaway database per test).
+STORE_BACKENDS = ["sqlite"]
+
+
+def store_url_for(backend: str, tmp_path: Path) -> str:
+    """A URL for a fresh, empty store of ``backend`` private to one test."""
+    if backend == "sqlite":
+        return f"sqlite:///{tmp_path / 'store' / 'gateway.db'}"
+    raise ValueError(f"no test store URL for backend {backend!r}")
+
+
+@pytest.fixture(params=STORE_BACKENDS)
+def store_backend(request: pytest.FixtureRequest) -> str:
+    """The store backend under test (parametrised)."""
+    return request.param
+
+
+@pytest.fixture
+def store_url(store_backend: str, tmp_path: Path) -> str:
+    """The URL of this test's store; open it again to test what survives a restart."""
+    return store_url_for(store_backend, tmp_path)
+
+
+@pytest.fixture
+async def store(store_url: str) -> AsyncIterator[Store]:
+    """An opened, empty store (closed after the test, unless the test closed it)."""
+    s = open_store(store_url)
+    await s.open()
+    try:
+        yield s
+    finally:
+        await s.close()

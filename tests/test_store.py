@@ -1,0 +1,890 @@
+"""The store: group commit, idempotency, load shedding, durability, claims, listing, keys.
+
+Most tests take the ``store`` / ``store_url`` fixtures (tests/conftest.py), parametrised over
+every backend. Tests that need to reach inside a backend (pause its writer, break its disk)
+are marked as SQLite-only by the ``sqlite_store`` helper.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from gateway.ids import delivery_id, record_id
+from gateway.store import migrations as mig
+from gateway.store import open_store
+from gateway.store.base import (
+    AccessKey,
+    Attempt,
+    DeliveryFilter,
+    DeliveryState,
+    DeliveryUpdate,
+    IdempotencyEntry,
+    IngestResult,
+    IngestWrite,
+    NewRecord,
+    Store,
+    StoreError,
+    StoreOverloaded,
+    StoreUnavailable,
+)
+from gateway.store.sqlite import SQLiteStore, decode_cursor, encode_cursor
+
+REPO = Path(__file__).resolve().parent.parent
+AK = "AKGWTESTTESTTESTTEST"
+
+
+# -- helpers ----------------------------------------------------------------------------------
+def rec(
+    group: str = "g",
+    integrations: tuple[str, ...] = ("crm", "mail"),
+    *,
+    received_at: float | None = None,
+    rid: str | None = None,
+    data: bytes = b'{"epost": "a@example.com"}',
+) -> NewRecord:
+    """A new record fanning out to ``integrations``."""
+    return NewRecord(
+        id=rid or record_id(),
+        group_key=group,
+        access_key_id=AK,
+        data_json=data,
+        received_at=time.time() if received_at is None else received_at,
+        integrations=list(integrations),
+        delivery_ids=[delivery_id() for _ in integrations],
+        mapping_version="v1",
+    )
+
+
+def entry(key: str, *, request_hash: str = "h1", ttl: float = 60.0, body: bytes = b"{}"):
+    """An idempotency entry for ``key`` created now, living ``ttl`` seconds (may be < 0)."""
+    now = time.time()
+    return IdempotencyEntry(AK, key, request_hash, 202, body, now, now + ttl)
+
+
+def sqlite_store(store: Store) -> SQLiteStore:
+    """``store`` as a SQLiteStore, or skip: the test pokes at SQLite internals."""
+    if not isinstance(store, SQLiteStore):
+        pytest.skip("SQLite-specific")
+    return store
+
+
+@contextlib.asynccontextmanager
+async def writer_paused(store: Store) -> AsyncIterator[None]:
+    """Hold the writer thread busy, so writes queue up and land in one later transaction."""
+    s = sqlite_store(store)
+    gate, started = threading.Event(), threading.Event()
+
+    def block(_conn: sqlite3.Connection) -> None:
+        started.set()
+        gate.wait(30)
+
+    blocker = asyncio.create_task(s._write(block))
+    assert await asyncio.to_thread(started.wait, 10)
+    try:
+        yield
+    finally:
+        gate.set()
+        await blocker
+
+
+async def wait_pending(store: Store, n: int) -> None:
+    """Wait until ``n`` records are queued (the tasks submitting them have run)."""
+    for _ in range(1000):
+        if store.pending_writes() == n:
+            return
+        await asyncio.sleep(0.001)
+    raise AssertionError(f"pending_writes() is {store.pending_writes()}, expected {n}")
+
+
+async def add(store: Store, *records: NewRecord) -> None:
+    """Commit ``records`` in one write."""
+    result = await store.commit_ingest(IngestWrite(list(records)))
+    assert result == IngestResult(committed=True)
+
+
+# -- records and group commit -----------------------------------------------------------------
+async def test_record_round_trip_with_deliveries(store: Store) -> None:
+    r = rec(integrations=("mail", "crm"), data=b'{"namn": "John Doe", "n": [1, 2]}')
+    assert await store.get_record(r.id) is None
+    await add(store, r)
+
+    got = await store.get_record(r.id)
+    assert got is not None
+    assert (got.id, got.group_key, got.access_key_id) == (r.id, "g", AK)
+    assert got.data_json == r.data_json
+    assert got.received_at == r.received_at
+    assert got.mapping_version == "v1"
+    by_integration = {d.integration: d for d in got.deliveries}
+    assert set(by_integration) == {"crm", "mail"}
+    for integ, did in zip(r.integrations, r.delivery_ids, strict=True):
+        d = by_integration[integ]
+        assert d.id == did
+        assert d.record_id == r.id
+        assert d.group_key == "g"
+        assert d.state == DeliveryState.PENDING
+        assert d.attempts == 0
+        assert d.next_attempt_at == r.received_at
+        assert d.created_at == r.received_at
+        assert d.lease_owner is None
+        assert d.lease_expires_at is None
+        assert d.last_error is None
+        assert d.last_status is None
+        assert d.delivered_at is None
+    assert await store.count_records() == 1
+
+
+async def test_record_without_integrations(store: Store) -> None:
+    r = rec(integrations=())
+    await add(store, r)
+    got = await store.get_record(r.id)
+    assert got is not None
+    assert got.deliveries == []
+
+
+async def test_mismatched_delivery_ids_are_refused_before_queueing(store: Store) -> None:
+    r = rec()
+    r.delivery_ids.pop()
+    with pytest.raises(ValueError, match="delivery ids"):
+        await store.commit_ingest(IngestWrite([r]))
+    assert await store.count_records() == 0
+
+
+async def test_concurrent_writes_share_transactions_and_are_readable_on_return(
+    store: Store,
+) -> None:
+    writes = 200
+    before = store.commits
+
+    async def one() -> None:
+        r = rec()
+        await add(store, r)
+        # Answered means committed: visible to any reader right away.
+        got = await store.get_record(r.id)
+        assert got is not None
+        assert len(got.deliveries) == 2
+
+    await asyncio.gather(*(one() for _ in range(writes)))
+    transactions = store.commits - before
+    assert 1 <= transactions < writes
+    assert await store.count_records() == writes
+    assert store.pending_writes() == 0
+
+
+async def test_a_failing_write_fails_alone_in_its_group(store: Store) -> None:
+    existing = rec()
+    await add(store, existing)
+    before = store.commits
+    dup_in_group = rec()
+    writes = [
+        IngestWrite([rec()]),
+        IngestWrite([rec(), rec(rid=existing.id)]),  # clashes with a stored record
+        IngestWrite([rec()], [entry("idem:a")]),
+        IngestWrite([dup_in_group]),
+        IngestWrite([rec(rid=dup_in_group.id)]),  # clashes with a write of the same group
+        IngestWrite([rec(), rec()]),
+    ]
+    async with writer_paused(store):
+        tasks = [asyncio.create_task(store.commit_ingest(w)) for w in writes]
+        await wait_pending(store, 8)
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+
+    assert store.commits - before == 2  # the pause, then ONE group with all six writes
+    for i in (0, 2, 3, 5):
+        assert results[i] == IngestResult(committed=True), results[i]
+    for i in (1, 4):
+        assert isinstance(results[i], StoreError), results[i]
+        assert not isinstance(results[i], StoreUnavailable | StoreOverloaded)
+        assert "UNIQUE" in str(results[i])
+    # The failing writes stored nothing, not even their first record.
+    assert await store.get_record(writes[1].records[0].id) is None
+    assert (await store.get_record(dup_in_group.id)).deliveries[0].id == (
+        dup_in_group.delivery_ids[0]
+    )
+    assert await store.count_records() == 1 + 1 + 1 + 1 + 2
+    assert await store.get_idempotency(AK, "idem:a", time.time()) is not None
+
+
+async def test_cancelled_caller_still_gets_its_write_committed(store: Store) -> None:
+    r = rec()
+    async with writer_paused(store):
+        task = asyncio.create_task(store.commit_ingest(IngestWrite([r])))
+        await wait_pending(store, 1)
+        task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    # Nothing to wait on but the writer; a read after another commit sees the write.
+    await add(store, rec())
+    assert await store.get_record(r.id) is not None
+
+
+# -- idempotency ------------------------------------------------------------------------------
+async def test_idempotency_replay_returns_first_entry_and_stores_nothing(store: Store) -> None:
+    first = entry("idem:k1", request_hash="first", body=b'{"id": "first"}')
+    r1 = rec()
+    assert await store.commit_ingest(IngestWrite([r1], [first])) == IngestResult(True)
+
+    r2 = rec()
+    again = entry("idem:k1", request_hash="second", body=b'{"id": "second"}')
+    result = await store.commit_ingest(IngestWrite([r2], [entry("sig:x"), again]))
+    assert result.committed is False
+    assert result.replay == first
+    assert await store.count_records() == 1
+    assert await store.get_record(r2.id) is None
+    # Nothing of the replayed write was stored, its other keys included.
+    assert await store.get_idempotency(AK, "sig:x", time.time()) is None
+
+    assert await store.get_idempotency(AK, "idem:k1", time.time()) == first
+    assert await store.get_idempotency(AK, "idem:k1", first.expires_at + 1) is None
+    assert await store.get_idempotency("AKOTHER", "idem:k1", time.time()) is None
+
+
+async def test_expired_idempotency_key_is_replaced(store: Store) -> None:
+    old = entry("idem:k", request_hash="old", ttl=-1.0)  # stored already expired
+    await store.commit_ingest(IngestWrite([rec()], [old]))
+    assert await store.get_idempotency(AK, "idem:k", time.time()) is None
+
+    new = entry("idem:k", request_hash="new")
+    result = await store.commit_ingest(IngestWrite([rec()], [new]))
+    assert result == IngestResult(committed=True)
+    assert await store.get_idempotency(AK, "idem:k", time.time()) == new
+    assert await store.count_records() == 2
+
+
+async def test_same_key_twice_in_one_transaction_second_is_replay(store: Store) -> None:
+    a = IngestWrite([rec()], [entry("idem:same", request_hash="a")])
+    b = IngestWrite([rec()], [entry("idem:same", request_hash="b")])
+    before = store.commits
+    async with writer_paused(store):
+        ta = asyncio.create_task(store.commit_ingest(a))
+        tb = asyncio.create_task(store.commit_ingest(b))
+        await wait_pending(store, 2)
+    ra, rb = await ta, await tb
+    assert store.commits - before == 2  # the pause and one group
+    assert ra == IngestResult(committed=True)
+    assert rb.committed is False
+    assert rb.replay == a.idempotency[0]
+    assert await store.count_records() == 1
+    assert await store.get_record(b.records[0].id) is None
+
+
+async def test_same_key_after_a_failed_write_in_the_group_is_not_a_replay(store: Store) -> None:
+    existing = rec()
+    await add(store, existing)
+    failing = IngestWrite([rec(rid=existing.id)], [entry("idem:k", request_hash="bad")])
+    good = IngestWrite([rec()], [entry("idem:k", request_hash="good")])
+    async with writer_paused(store):
+        tf = asyncio.create_task(store.commit_ingest(failing))
+        tg = asyncio.create_task(store.commit_ingest(good))
+        await wait_pending(store, 2)
+    with pytest.raises(StoreError):
+        await tf
+    assert await tg == IngestResult(committed=True)
+    stored = await store.get_idempotency(AK, "idem:k", time.time())
+    assert stored is not None
+    assert stored.request_hash == "good"
+
+
+async def test_purge_idempotency_removes_only_expired(store: Store) -> None:
+    await store.commit_ingest(
+        IngestWrite([rec()], [entry("a", ttl=-5), entry("b", ttl=-1), entry("c", ttl=60)])
+    )
+    assert await store.purge_idempotency(time.time()) == 2
+    assert await store.purge_idempotency(time.time()) == 0
+    assert await store.get_idempotency(AK, "c", time.time()) is not None
+
+
+# -- load shedding, close, restart ------------------------------------------------------------
+async def test_overloaded_when_pending_records_would_exceed_the_limit(store_url: str) -> None:
+    s = open_store(store_url, max_pending_writes=10)
+    await s.open()
+    try:
+        async with writer_paused(s):
+            tasks = [asyncio.create_task(s.commit_ingest(IngestWrite([rec() for _ in range(6)])))]
+            await wait_pending(s, 6)
+            with pytest.raises(StoreOverloaded, match="10"):
+                await s.commit_ingest(IngestWrite([rec() for _ in range(5)]))
+            tasks.append(
+                asyncio.create_task(s.commit_ingest(IngestWrite([rec() for _ in range(4)])))
+            )
+            await wait_pending(s, 10)
+            with pytest.raises(StoreOverloaded):
+                await s.commit_ingest(IngestWrite([rec()]))
+        assert [r.committed for r in await asyncio.gather(*tasks)] == [True, True]
+        assert s.pending_writes() == 0
+        await s.commit_ingest(IngestWrite([rec()]))  # room again
+        assert await s.count_records() == 11
+    finally:
+        await s.close()
+
+
+async def test_close_commits_every_queued_write_then_refuses(store_url: str) -> None:
+    s = open_store(store_url)
+    await s.open()
+    records = [rec() for _ in range(300)]
+    tasks = [asyncio.create_task(s.commit_ingest(IngestWrite([r]))) for r in records]
+    await asyncio.sleep(0)  # every task has queued its write
+    assert s.pending_writes() > 0
+    await s.close()
+    assert all(t.done() for t in tasks)
+    assert [t.result() for t in tasks] == [IngestResult(committed=True)] * len(records)
+
+    with pytest.raises(StoreUnavailable, match="closed"):
+        await s.commit_ingest(IngestWrite([rec()]))
+    with pytest.raises(StoreUnavailable):
+        await s.get_record(records[0].id)
+    with pytest.raises(StoreUnavailable):
+        await s.claim_deliveries("w", limit=1, lease_seconds=1, now=time.time())
+    await s.close()  # idempotent
+
+    again = open_store(store_url)
+    await again.open()
+    try:
+        assert await again.count_records() == len(records)
+    finally:
+        await again.close()
+
+
+async def test_store_not_opened_refuses(store_url: str) -> None:
+    s = open_store(store_url)
+    with pytest.raises(StoreUnavailable, match="not open"):
+        await s.commit_ingest(IngestWrite([rec()]))
+    with pytest.raises(StoreUnavailable):
+        await s.count_records()
+
+
+async def test_data_survives_close_and_reopen(store_url: str) -> None:
+    s = open_store(store_url)
+    await s.open()
+    r = rec()
+    await add(s, r)
+    await s.commit_ingest(IngestWrite([rec()], [entry("idem:x")]))
+    await s.create_access_key(AccessKey(AK, b"cipher", ["g"], "k", time.time()))
+    await s.close()
+
+    s2 = open_store(store_url)
+    await s2.open()
+    try:
+        got = await s2.get_record(r.id)
+        assert got is not None
+        assert got.data_json == r.data_json
+        assert len(got.deliveries) == 2
+        assert await s2.count_records() == 2
+        assert await s2.get_idempotency(AK, "idem:x", time.time()) is not None
+        assert (await s2.get_access_key(AK)).groups == ["g"]
+    finally:
+        await s2.close()
+
+
+CHILD = r"""
+import asyncio, sys, time
+from gateway.store import open_store
+from gateway.store.base import IngestWrite, NewRecord
+from gateway.ids import delivery_id, record_id
+
+async def main(url):
+    store = open_store(url)
+    await store.open()
+    print("ready", flush=True)
+
+    async def producer():
+        while True:
+            r = NewRecord(record_id(), "g", "AK", b'{"n": 1}', time.time(), ["crm"],
+                          [delivery_id()])
+            await store.commit_ingest(IngestWrite([r]))
+            sys.stdout.write(r.id + "\n")
+            sys.stdout.flush()
+
+    await asyncio.gather(*(producer() for _ in range(16)))
+
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+async def test_every_acknowledged_write_survives_sigkill(store_url: str) -> None:
+    if not store_url.startswith("sqlite"):
+        pytest.skip("the child opens the store by URL; fine for any backend, tuned for SQLite")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    acknowledged: list[str] = []
+    stderr = b""
+
+    def run_and_kill() -> int:
+        nonlocal stderr
+        proc = subprocess.Popen(
+            [sys.executable, "-c", CHILD, store_url],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            cwd=REPO,
+        )
+        try:
+            read_until_killed(proc)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+            assert proc.stderr is not None
+            stderr = proc.stderr.read()
+        return proc.returncode
+
+    def read_until_killed(proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == b"ready\n"
+        deadline = time.monotonic() + 60
+        while len(acknowledged) < 400 and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line.endswith(b"\n"):
+                break
+            acknowledged.append(line.decode().strip())
+        os.kill(proc.pid, signal.SIGKILL)  # mid-stream: commits are in flight
+        for line in proc.stdout:  # acknowledged before the kill, still in the pipe
+            if line.endswith(b"\n"):
+                acknowledged.append(line.decode().strip())
+
+    returncode = await asyncio.to_thread(run_and_kill)
+    assert returncode == -signal.SIGKILL, stderr.decode()
+    assert len(acknowledged) >= 400
+
+    s = open_store(store_url)
+    await s.open()
+    try:
+        missing = [rid for rid in acknowledged if await s.get_record(rid) is None]
+        assert missing == []
+        assert await s.count_records() >= len(acknowledged)
+    finally:
+        await s.close()
+
+
+# -- claims and updates -----------------------------------------------------------------------
+async def test_two_owners_never_claim_the_same_delivery(store: Store) -> None:
+    t0 = time.time() - 100
+    for i in range(30):
+        await add(store, rec(received_at=t0 + i))
+    now = time.time()
+    seen: dict[str, list[str]] = {"a": [], "b": []}
+
+    async def worker(owner: str) -> None:
+        while True:
+            got = await store.claim_deliveries(owner, limit=7, lease_seconds=60, now=now)
+            if not got:
+                return
+            for c in got:
+                assert c.delivery.lease_owner == owner
+                assert c.delivery.lease_expires_at == now + 60
+                seen[owner].append(c.delivery.id)
+
+    await asyncio.gather(worker("a"), worker("b"), worker("a"), worker("b"))
+    assert not set(seen["a"]) & set(seen["b"])
+    everything = seen["a"] + seen["b"]
+    assert len(everything) == len(set(everything)) == 60
+
+
+async def test_claim_order_due_filters_and_record_data(store: Store) -> None:
+    base = 1_000_000.0
+    late = rec("g1", ("crm",), received_at=base + 30)
+    early = rec("g1", ("crm", "mail"), received_at=base + 10, data=b'{"early": true}')
+    other = rec("g2", ("crm",), received_at=base + 20)
+    future = rec("g1", ("crm",), received_at=base + 1000)
+    await add(store, late, early, other, future)
+    now = base + 100
+
+    mail = await store.claim_deliveries("w", limit=10, lease_seconds=5, now=now, integration="mail")
+    assert [c.delivery.id for c in mail] == [early.delivery_ids[1]]
+    assert mail[0].data_json == b'{"early": true}'
+    assert mail[0].received_at == base + 10
+
+    lane = await store.claim_deliveries(
+        "w", limit=10, lease_seconds=5, now=now, group_key="g1", integration="crm"
+    )
+    assert [c.delivery.id for c in lane] == [early.delivery_ids[0], late.delivery_ids[0]]
+    rest = await store.claim_deliveries("w", limit=10, lease_seconds=5, now=now)
+    assert [c.delivery.id for c in rest] == [other.delivery_ids[0]]  # `future` is not due
+    assert await store.claim_deliveries("w", limit=10, lease_seconds=5, now=now) == []
+    assert await store.claim_deliveries("w", limit=0, lease_seconds=5, now=now + 5000) == []
+
+
+async def test_expired_lease_is_reclaimable_and_stale_owner_update_is_ignored(
+    store: Store,
+) -> None:
+    r = rec(integrations=("crm",), received_at=1000.0)
+    await add(store, r)
+    did = r.delivery_ids[0]
+    (a,) = await store.claim_deliveries("owner-a", limit=5, lease_seconds=10, now=2000.0)
+    assert a.delivery.id == did
+    assert await store.claim_deliveries("owner-b", limit=5, lease_seconds=10, now=2009.0) == []
+    (b,) = await store.claim_deliveries("owner-b", limit=5, lease_seconds=10, now=2010.0)
+    assert b.delivery.id == did
+    assert b.delivery.lease_owner == "owner-b"
+
+    stale = DeliveryUpdate(did, "owner-a", DeliveryState.DELIVERED, 0.0, last_status=200)
+    assert await store.update_deliveries([stale]) == 0
+    d = (await store.get_record(r.id)).deliveries[0]
+    assert d.state == DeliveryState.PENDING
+    assert d.lease_owner == "owner-b"
+    assert d.attempts == 0
+    assert d.delivered_at is None
+
+    fresh = DeliveryUpdate(did, "owner-b", DeliveryState.DELIVERED, 0.0, last_status=200)
+    assert await store.update_deliveries([fresh]) == 1
+    d = (await store.get_record(r.id)).deliveries[0]
+    assert d.state == DeliveryState.DELIVERED
+    assert d.lease_owner is None
+    # Delivered is final: a second update under the old lease does nothing.
+    assert await store.update_deliveries([fresh]) == 0
+    assert await store.claim_deliveries("owner-c", limit=5, lease_seconds=10, now=9e9) == []
+
+
+async def test_update_deliveries_sets_state_attempts_and_attempt_rows(store: Store) -> None:
+    r = rec(integrations=("crm", "mail", "chat"), received_at=1000.0)
+    await add(store, r)
+    claimed = await store.claim_deliveries("w", limit=10, lease_seconds=30, now=1001.0)
+    ids = {c.delivery.integration: c.delivery.id for c in claimed}
+    assert len(ids) == 3
+
+    def attempt(did: str, status: int | None, error: str | None) -> Attempt:
+        return Attempt(did, 1001.5, 12.5, status, error, "v1")
+
+    t = time.time()
+    applied = await store.update_deliveries(
+        [
+            DeliveryUpdate(
+                ids["crm"], "w", DeliveryState.DELIVERED, 1001.0, None, 200,
+                attempt(ids["crm"], 200, None),
+            ),
+            DeliveryUpdate(
+                ids["mail"], "w", DeliveryState.PENDING, 1061.0, "HTTP 503", 503,
+                attempt(ids["mail"], 503, "HTTP 503"),
+            ),
+            DeliveryUpdate(
+                ids["chat"], "w", DeliveryState.DEAD, 1001.0, "channel_not_found", 404,
+                attempt(ids["chat"], 404, "channel_not_found"),
+            ),
+            DeliveryUpdate("dlv_nonexistent", "w", DeliveryState.DEAD, 0.0),
+        ]
+    )  # fmt: skip
+    assert applied == 3
+    got = {d.integration: d for d in (await store.get_record(r.id)).deliveries}
+
+    crm = got["crm"]
+    assert crm.state == DeliveryState.DELIVERED
+    assert crm.attempts == 1
+    assert crm.last_status == 200
+    assert crm.delivered_at is not None
+    assert crm.delivered_at >= t
+    mail = got["mail"]
+    assert mail.state == DeliveryState.PENDING
+    assert mail.attempts == 1
+    assert mail.next_attempt_at == 1061.0
+    assert mail.last_error == "HTTP 503"
+    assert mail.last_status == 503
+    assert mail.delivered_at is None
+    assert mail.lease_owner is None
+    assert mail.lease_expires_at is None
+    chat = got["chat"]
+    assert chat.state == DeliveryState.DEAD
+    assert chat.last_error == "channel_not_found"
+    assert all(d.updated_at >= t for d in got.values())
+
+    assert await store.list_attempts(ids["crm"]) == [attempt(ids["crm"], 200, None)]
+    assert await store.list_attempts("dlv_nonexistent") == []
+
+    # The retry is due again only at its next_attempt_at.
+    assert await store.claim_deliveries("w", limit=10, lease_seconds=30, now=1060.0) == []
+    (again,) = await store.claim_deliveries("w", limit=10, lease_seconds=30, now=1061.0)
+    assert again.delivery.id == ids["mail"]
+    assert again.delivery.attempts == 1
+    # An update without an attempt (e.g. released unsent) does not count one.
+    release = DeliveryUpdate(ids["mail"], "w", DeliveryState.PENDING, 1070.0)
+    assert await store.update_deliveries([release]) == 1
+    mail = next(d for d in (await store.get_record(r.id)).deliveries if d.id == ids["mail"])
+    assert mail.attempts == 1
+    assert mail.next_attempt_at == 1070.0
+    assert len(await store.list_attempts(ids["mail"])) == 1
+    assert await store.update_deliveries([]) == 0
+
+
+# -- listing ----------------------------------------------------------------------------------
+async def _walk(store: Store, flt: DeliveryFilter, limit: int) -> list[str]:
+    ids: list[str] = []
+    cursor = None
+    for _ in range(10_000):
+        page = await store.list_deliveries(flt, cursor=cursor, limit=limit)
+        assert len(page.items) <= limit
+        ids += [d.id for d in page.items]
+        if page.next_cursor is None:
+            return ids
+        assert page.items, "a page with a next cursor must not be empty"
+        cursor = page.next_cursor
+    raise AssertionError("pagination did not end")
+
+
+async def test_list_deliveries_pagination_with_filters(store: Store) -> None:
+    t0 = 5000.0
+    for i in range(25):
+        await add(store, rec("g1" if i % 3 else "g2", ("crm", "mail"), received_at=t0 + i))
+    # Kill a few deliveries so the state filter has something to find.
+    claimed = await store.claim_deliveries("w", limit=7, lease_seconds=60, now=t0 + 100)
+    await store.update_deliveries(
+        [DeliveryUpdate(c.delivery.id, "w", DeliveryState.DEAD, 0.0) for c in claimed]
+    )
+    everything = await store.list_deliveries(DeliveryFilter(), limit=1000)
+    assert everything.next_cursor is None
+    all_items = everything.items
+    assert len(all_items) == 50
+    assert [d.id for d in all_items] == sorted(d.id for d in all_items)
+
+    filters = [
+        DeliveryFilter(),
+        DeliveryFilter(state=DeliveryState.DEAD),
+        DeliveryFilter(state=DeliveryState.PENDING, group_key="g1"),
+        DeliveryFilter(group_key="g2", integration="mail"),
+        DeliveryFilter(created_after=t0 + 5, created_before=t0 + 15),
+        DeliveryFilter(state=DeliveryState.DELIVERED),
+    ]
+    for flt in filters:
+        expected = [
+            d.id
+            for d in all_items
+            if (flt.state is None or d.state == flt.state)
+            and (flt.group_key is None or d.group_key == flt.group_key)
+            and (flt.integration is None or d.integration == flt.integration)
+            and (flt.created_after is None or d.created_at > flt.created_after)
+            and (flt.created_before is None or d.created_at < flt.created_before)
+        ]
+        for limit in (1, 3, 10, 50, 51):
+            assert await _walk(store, flt, limit) == expected, (flt, limit)
+    assert len(await _walk(store, DeliveryFilter(state=DeliveryState.DEAD), 2)) == 7
+
+    with pytest.raises(ValueError, match="cursor"):
+        await store.list_deliveries(DeliveryFilter(), cursor="!!not a cursor!!")
+
+
+async def test_list_deliveries_is_stable_under_inserts_between_pages(store: Store) -> None:
+    for _ in range(20):
+        await add(store, rec())
+    before = {d.id for d in (await store.list_deliveries(DeliveryFilter(), limit=1000)).items}
+    seen: list[str] = []
+    cursor = None
+    while True:
+        page = await store.list_deliveries(DeliveryFilter(), cursor=cursor, limit=6)
+        seen += [d.id for d in page.items]
+        await add(store, rec(), rec())  # new deliveries arrive while an operator pages
+        if page.next_cursor is None:
+            break
+        cursor = page.next_cursor
+    assert len(seen) == len(set(seen)), "an item was listed twice"
+    assert before <= set(seen), "an item that existed before listing was skipped"
+
+
+def test_cursor_round_trip() -> None:
+    for value in ("dlv_01HZZZZZZZZZZZZZZZZZZZZZZZ", "x", "dlv_é"):
+        assert decode_cursor(encode_cursor(value)) == value
+    with pytest.raises(ValueError, match="invalid cursor"):
+        decode_cursor("")
+
+
+# -- access keys ------------------------------------------------------------------------------
+async def test_access_keys_create_get_list_revoke(store: Store) -> None:
+    k1 = AccessKey("AKGW1", b"\x00cipher1", ["g1", "g2"], "shop", 100.0)
+    k2 = AccessKey("AKGW2", b"cipher2", [], None, 200.0, rate_limit=5.5, rate_burst=10)
+    await store.create_access_key(k2)
+    await store.create_access_key(k1)
+    assert await store.get_access_key("AKGW1") == k1
+    assert await store.get_access_key("AKGW2") == k2
+    assert await store.get_access_key("AKGW3") is None
+    assert await store.list_access_keys() == [k1, k2]  # oldest first
+    with pytest.raises(StoreError):
+        await store.create_access_key(k1)
+
+    assert await store.revoke_access_key("AKGW1", 300.0) is True
+    assert (await store.get_access_key("AKGW1")).revoked_at == 300.0
+    assert await store.revoke_access_key("AKGW1", 400.0) is True  # already revoked
+    assert (await store.get_access_key("AKGW1")).revoked_at == 300.0
+    assert await store.revoke_access_key("AKGW404", 300.0) is False
+    assert (await store.get_access_key("AKGW2")).revoked_at is None
+
+
+# -- migrations -------------------------------------------------------------------------------
+def _schema_rows(path: Path) -> list[tuple]:
+    con = sqlite3.connect(path)
+    try:
+        return con.execute("SELECT version, name, applied_at FROM schema_migrations").fetchall()
+    finally:
+        con.close()
+
+
+async def test_migrations_are_applied_once(store_url: str) -> None:
+    s = open_store(store_url)
+    sqlite_store(s)
+    await s.open()
+    assert s.migrations_applied == [1]
+    await s.close()
+    path = s.path
+    rows = _schema_rows(path)
+    assert [r[:2] for r in rows] == [(1, "initial")]
+
+    s2 = open_store(store_url)
+    await s2.open()
+    try:
+        assert s2.migrations_applied == []
+        assert await s2.count_records() == 0
+    finally:
+        await s2.close()
+    assert _schema_rows(path) == rows  # not re-applied, applied_at unchanged
+
+
+def test_migration_runner_rolls_back_a_failing_migration(tmp_path: Path) -> None:
+    folder = tmp_path / "sqlite"
+    folder.mkdir()
+    (folder / "0001_first.sql").write_text("CREATE TABLE t1 (a INTEGER);\n")
+    (folder / "0002_second.sql").write_text(
+        "-- a comment; with a semicolon\nCREATE TABLE t2 (a INTEGER);\n"
+        "CREATE TRIGGER tr AFTER INSERT ON t2 BEGIN INSERT INTO t1 VALUES (1); END;\n"
+    )
+    con = sqlite3.connect(tmp_path / "db.sqlite", isolation_level=None)
+    assert mig.apply_sqlite(con, mig.load_migrations("sqlite", folder)) == [1, 2]
+    assert mig.applied_versions_sqlite(con) == [1, 2]
+    con.execute("INSERT INTO t2 VALUES (5)")
+    assert con.execute("SELECT count(*) FROM t1").fetchone() == (1,)  # the trigger is whole
+
+    (folder / "0003_broken.sql").write_text("CREATE TABLE t3 (a);\nTHIS IS NOT SQL;\n")
+    with pytest.raises(sqlite3.OperationalError):
+        mig.apply_sqlite(con, mig.load_migrations("sqlite", folder))
+    assert mig.applied_versions_sqlite(con) == [1, 2]
+    tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert "t3" not in tables  # the failed migration left nothing behind
+    con.close()
+
+
+def test_migration_files_and_plan_are_checked(tmp_path: Path) -> None:
+    folder = tmp_path / "sqlite"
+    folder.mkdir()
+    (folder / "0001_a.sql").write_text("SELECT 1;")
+    (folder / "0003_c.sql").write_text("SELECT 1;")
+    with pytest.raises(mig.MigrationError, match="0002 is missing"):
+        mig.load_migrations("sqlite", folder)
+    (folder / "0003_c.sql").unlink()
+    (folder / "2_bad.sql").write_text("SELECT 1;")
+    with pytest.raises(mig.MigrationError, match="NNNN_description"):
+        mig.load_migrations("sqlite", folder)
+    (folder / "2_bad.sql").unlink()
+    migrations = mig.load_migrations("sqlite", folder)
+    assert mig.plan([], migrations) == migrations
+    assert mig.plan([1], migrations) == []
+    with pytest.raises(mig.MigrationError, match="newer"):
+        mig.plan([1, 2], migrations)
+    assert next(m.version for m in mig.load_migrations("sqlite")) == 1
+    assert mig.split_statements("-- only a comment\n") == []
+
+
+# -- failures ---------------------------------------------------------------------------------
+async def test_locked_database_surfaces_as_unavailable_and_writer_recovers(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "locked.db"
+    s = SQLiteStore(path, busy_timeout=0.2)
+    await s.open()
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+        with pytest.raises(StoreUnavailable, match="locked"):
+            await s.commit_ingest(IngestWrite([rec()]))
+        with pytest.raises(StoreUnavailable, match="locked"):
+            await s.create_access_key(AccessKey("AKGWX", b"c", [], None, 1.0))
+        assert s.pending_writes() == 0
+        assert s.stats.failed_transactions == 2
+        other.execute("ROLLBACK")
+
+        r = rec()
+        await add(s, r)  # the same writer thread serves the next write
+        assert await s.get_record(r.id) is not None
+        await s.ping()
+    finally:
+        other.close()
+        await s.close()
+
+
+async def test_disk_full_surfaces_as_unavailable_and_writer_recovers(store: Store) -> None:
+    s = sqlite_store(store)
+    await add(s, rec())
+
+    def fill_up(c: sqlite3.Connection) -> None:
+        # Simulated full disk: the file may not grow past its current size.
+        pages = c.execute("PRAGMA page_count").fetchone()[0]
+        c.execute(f"PRAGMA max_page_count = {pages}")
+
+    await s._write(fill_up)
+    big = [rec(data=b'{"x": "' + b"y" * 200_000 + b'"}') for _ in range(3)]
+    results = await asyncio.gather(
+        *(s.commit_ingest(IngestWrite([r])) for r in big), return_exceptions=True
+    )
+    assert all(isinstance(r, StoreUnavailable) for r in results), results
+    assert "full" in str(results[0])
+    assert s.pending_writes() == 0
+    # The writer drops the failed connection and opens a fresh one (here: without the cap,
+    # like a disk that has space again) and keeps serving.
+    await add(s, big[0])
+    assert await s.get_record(big[0].id) is not None
+
+
+async def test_unopenable_path_is_unavailable(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("not a directory")
+    s = open_store(f"sqlite:///{tmp_path / 'afile' / 'sub' / 'gateway.db'}")
+    with pytest.raises(StoreUnavailable):
+        await s.open()
+    await s.close()
+
+
+async def test_not_a_database_is_unavailable(tmp_path: Path) -> None:
+    path = tmp_path / "garbage.db"
+    path.write_bytes(b"this is not an SQLite database at all" * 200)
+    s = open_store(f"sqlite:///{path}")
+    with pytest.raises(StoreUnavailable, match="not a database"):
+        await s.open()
+
+
+# -- open_store and settings ------------------------------------------------------------------
+async def test_open_store_relative_path_creates_parent_dirs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    s = open_store("sqlite:///var/deep/gateway.db", synchronous="normal")
+    await s.open()
+    try:
+        assert (tmp_path / "var" / "deep" / "gateway.db").exists()
+        pragmas = await sqlite_store(s)._write(
+            lambda c: tuple(
+                c.execute(f"PRAGMA {p}").fetchone()[0]
+                for p in ("journal_mode", "synchronous", "foreign_keys", "busy_timeout")
+            )
+        )
+        assert pragmas == ("wal", 1, 1, 5000)  # synchronous NORMAL is 1
+    finally:
+        await s.close()
+
+
+async def test_default_synchronous_is_full(store: Store) -> None:
+    s = sqlite_store(store)
+    assert await s._write(lambda c: c.execute("PRAGMA synchronous").fetchone()[0]) == 2
+
+
+def test_open_store_rejects_unknown_urls() -> None:
+    with pytest.raises(ValueError, match="sqlite://"):
+        open_store("postgresql://localhost/gateway")
+    with pytest.raises(ValueError, match="sqlite://"):
+        open_store("/just/a/path.db")
+    with pytest.raises(ValueError, match="sqlite:///"):
+        open_store("sqlite://relative.db")
+    with pytest.raises(ValueError, match="synchronous"):
+        open_store("sqlite:///x.db", synchronous="OFF")
