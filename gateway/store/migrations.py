@@ -21,6 +21,8 @@ from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
 
+from gateway.store.base import StoreError
+
 # The directory next to this module holding one sub-directory of SQL files per dialect.
 _PACKAGE = "gateway.store"
 _DIR = "migrations"
@@ -35,7 +37,7 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 """
 
 
-class MigrationError(Exception):
+class MigrationError(StoreError):
     """The migration files or the database's recorded versions are inconsistent."""
 
 

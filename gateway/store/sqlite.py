@@ -33,6 +33,7 @@ import base64
 import binascii
 import collections
 import contextlib
+import os
 import sqlite3
 import threading
 import time
@@ -223,6 +224,20 @@ def _access_key(row: Sequence[Any]) -> AccessKey:
     )
 
 
+def _fsync_dir(path: Path) -> None:
+    """Make the entries of directory ``path`` durable (a no-op where unsupported)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # e.g. Windows, or a filesystem that cannot sync directories
+        pass
+    finally:
+        os.close(fd)
+
+
 def encode_cursor(last_id: str) -> str:
     """An opaque pagination cursor: the last delivery id seen, URL-safe base64."""
     return base64.urlsafe_b64encode(last_id.encode()).rstrip(b"=").decode()
@@ -333,6 +348,10 @@ class SQLiteStore(Store):
             conn.close()
             raise
         self._wconn = conn
+        # SQLite fsyncs the directory when it creates a journal or WAL file, but not when it
+        # creates the database file itself: without this, a power cut soon after the first
+        # start could lose the file's directory entry, and every record in it.
+        _fsync_dir(self.path.parent)
 
     async def open(self) -> None:
         """Create the file if needed, apply pending migrations, start the writer thread."""
@@ -930,7 +949,12 @@ class SQLiteStore(Store):
         if cursor is not None:
             where.append("id > ?")
             params.append(decode_cursor(cursor))
-        if flt.state is not None:
+        if flt.state == DeliveryState.DEAD:
+            # A literal, so the planner can use the partial index deliveries_dead.
+            where.append("state = 'dead'")
+        elif flt.state is not None:
+            # Bound on purpose: no partial index matches, so the planner walks the primary
+            # key in id order and stops after a page (instead of sorting every pending row).
             where.append("state = ?")
             params.append(str(flt.state))
         if flt.group_key is not None:
