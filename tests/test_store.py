@@ -14,12 +14,15 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from gateway.ids import delivery_id, record_id
 from gateway.store import migrations as mig
@@ -888,3 +891,78 @@ def test_open_store_rejects_unknown_urls() -> None:
         open_store("sqlite://relative.db")
     with pytest.raises(ValueError, match="synchronous"):
         open_store("sqlite:///x.db", synchronous="OFF")
+
+
+# -- group semantics against a sequential model ------------------------------------------------
+@st.composite
+def _scenarios(draw: st.DrawFn) -> tuple[list[str], list[list[tuple[list[str], list[str]]]]]:
+    """Keys stored expired beforehand, then groups of writes ([record ids], [keys]).
+
+    Ids and keys come from small pools, so clashes (duplicate records, same keys in one
+    group, expired keys reused) are common.
+    """
+    expired = draw(st.lists(st.sampled_from("abcd"), unique=True, max_size=2))
+    write = st.tuples(
+        st.lists(st.sampled_from([f"rec_{i}" for i in range(8)]), min_size=0, max_size=3),
+        st.lists(st.sampled_from("abcdef"), unique=True, max_size=2),
+    )
+    groups = draw(st.lists(st.lists(write, min_size=1, max_size=8), min_size=1, max_size=3))
+    return expired, groups
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_scenarios())
+def test_group_commit_matches_one_at_a_time_semantics(
+    scenario: tuple[list[str], list[list[tuple[list[str], list[str]]]]],
+) -> None:
+    """Whatever a group holds, each write gets what it would get if committed alone, in order."""
+    expired, groups = scenario
+
+    async def run(path: Path) -> None:
+        s = SQLiteStore(path)
+        await s.open()
+        try:
+            if expired:
+                stale = [entry(k, request_hash="stale", ttl=-1) for k in expired]
+                await s.commit_ingest(IngestWrite([], stale))
+            model_records: set[str] = set()
+            model_keys: dict[str, str] = {}  # key -> request_hash of the entry that holds it
+            for g, group in enumerate(groups):
+                writes = [
+                    IngestWrite(
+                        [rec(rid=r, integrations=("crm",)) for r in ids],
+                        [entry(k, request_hash=f"{g}.{i}") for k in keys],
+                    )
+                    for i, (ids, keys) in enumerate(group)
+                ]
+                async with writer_paused(s):
+                    tasks = [asyncio.create_task(s.commit_ingest(w)) for w in writes]
+                    await wait_pending(s, sum(len(w.records) for w in writes))
+                    for _ in range(3):  # zero-record writes are not counted as pending
+                        await asyncio.sleep(0)
+                results = await asyncio.gather(*tasks, return_exceptions=True)
+                for w, got in zip(writes, results, strict=True):
+                    held = [k.key for k in w.idempotency if k.key in model_keys]
+                    ids = [r.id for r in w.records]
+                    if held:
+                        assert isinstance(got, IngestResult), got
+                        assert got.committed is False
+                        assert got.replay is not None
+                        assert got.replay.request_hash == model_keys[held[0]]
+                    elif len(set(ids)) < len(ids) or model_records & set(ids):
+                        assert isinstance(got, StoreError), got
+                    else:
+                        assert got == IngestResult(committed=True)
+                        model_records.update(ids)
+                        model_keys.update({k.key: k.request_hash for k in w.idempotency})
+            assert await s.count_records() == len(model_records)
+            for r in model_records:
+                assert await s.get_record(r) is not None
+            for k in "abcdef":
+                stored = await s.get_idempotency(AK, k, time.time())
+                assert (stored.request_hash if stored else None) == model_keys.get(k)
+        finally:
+            await s.close()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        asyncio.run(run(Path(tmp) / "model.db"))

@@ -355,8 +355,8 @@ class SQLiteStore(Store):
 
     async def open(self) -> None:
         """Create the file if needed, apply pending migrations, start the writer thread."""
-        if self._opened:
-            raise StoreError("store already opened")
+        if self._opened or self._closed:
+            raise StoreError("a store is opened once; make a new one to reopen")
         try:
             await asyncio.to_thread(self._open_sync)
         except sqlite3.Error as exc:
