@@ -26,8 +26,14 @@ def main() -> None:
     app = web.Application()
     app.router.add_post("/v1/records", accept)
     app.router.add_post("/v1/records/batch", accept)
-    web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None,
-                loop=uvloop.new_event_loop())
+    web.run_app(
+        app,
+        host="127.0.0.1",
+        port=int(sys.argv[1]),
+        access_log=None,
+        print=None,
+        loop=uvloop.new_event_loop(),
+    )
 
 
 if __name__ == "__main__":

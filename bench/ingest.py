@@ -48,31 +48,68 @@ def presign(path: Path, url: str, key: str, secret: str, n: int, batch: int) -> 
         for i in range(n):
             if batch:
                 body = json.dumps(
-                    {"records": [{"group_key": "demo", "data": _data(i * batch + j)} for j in range(batch)]}
+                    {
+                        "records": [
+                            {"group_key": "demo", "data": _data(i * batch + j)}
+                            for j in range(batch)
+                        ]
+                    }
                 ).encode()
             else:
                 body = json.dumps({"group_key": "demo", "data": _data(i)}).encode()
-            _, headers = sign("POST", url, body, {"Content-Type": "application/json"}, key=key, secret=secret)
+            _, headers = sign(
+                "POST", url, body, {"Content-Type": "application/json"}, key=key, secret=secret
+            )
             f.write(f"{headers['X-Amz-Date']}\n{headers['Authorization']}\n{body.decode()}\n")
 
 
 def _data(i: int) -> dict:
-    return {"epost": f"user{i}@example.com", "namn": "John Doe", "some_tags": ["TAG1", "TAG2"], "n": i}
+    return {
+        "epost": f"user{i}@example.com",
+        "namn": "John Doe",
+        "some_tags": ["TAG1", "TAG2"],
+        "n": i,
+    }
 
 
-def run_wrk(wrk: str, url: str, path: str, reqfile: Path, threads: int, conns: int, duration: int) -> dict:
+def run_wrk(
+    wrk: str, url: str, path: str, reqfile: Path, threads: int, conns: int, duration: int
+) -> dict:
     """Run wrk; return requests/s, non-2xx count and latency percentiles."""
     out = subprocess.run(
-        [wrk, "-t", str(threads), "-c", str(conns), "-d", f"{duration}s", "--latency",
-         "-s", str(HERE / "replay.lua"), url, "--", str(reqfile), path, str(threads)],
-        capture_output=True, text=True, check=True,
+        [
+            wrk,
+            "-t",
+            str(threads),
+            "-c",
+            str(conns),
+            "-d",
+            f"{duration}s",
+            "--latency",
+            "-s",
+            str(HERE / "replay.lua"),
+            url,
+            "--",
+            str(reqfile),
+            path,
+            str(threads),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     total = int(re.search(r"(\d+) requests in", out).group(1))
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     lat = dict(re.findall(r"^\s+(50|99)%\s+(\S+)", out, re.M))
-    return {"rps": rps, "requests": total, "non_2xx": int(non2xx.group(1)) if non2xx else 0,
-            "p50": lat.get("50"), "p99": lat.get("99"), "raw": out}
+    return {
+        "rps": rps,
+        "requests": total,
+        "non_2xx": int(non2xx.group(1)) if non2xx else 0,
+        "p50": lat.get("50"),
+        "p99": lat.get("99"),
+        "raw": out,
+    }
 
 
 def main() -> None:
@@ -87,9 +124,14 @@ def main() -> None:
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        gw = GatewayProcess(root, groups=("demo",), GATEWAY_LOG_LEVEL="warning",
-                            GATEWAY_SQLITE_SYNCHRONOUS=args.synchronous,
-                            GATEWAY_RATE_LIMIT="1000000", GATEWAY_RATE_BURST="1000000")
+        gw = GatewayProcess(
+            root,
+            groups=("demo",),
+            GATEWAY_LOG_LEVEL="warning",
+            GATEWAY_SQLITE_SYNCHRONOUS=args.synchronous,
+            GATEWAY_RATE_LIMIT="1000000",
+            GATEWAY_RATE_BURST="1000000",
+        )
         key, secret = gw.create_key("demo")
         bare_port = free_port()
         # Enough distinct requests that wrk never wraps around within the run.
@@ -99,24 +141,49 @@ def main() -> None:
         batch = root / "batch.txt"
         t0 = time.perf_counter()
         presign(single, f"http://127.0.0.1:{gw.port}/v1/records", key, secret, n_single, 0)
-        presign(batch, f"http://127.0.0.1:{gw.port}/v1/records/batch", key, secret, n_batch, args.batch_size)
+        presign(
+            batch,
+            f"http://127.0.0.1:{gw.port}/v1/records/batch",
+            key,
+            secret,
+            n_batch,
+            args.batch_size,
+        )
         # The bare server gets requests signed for the gateway's port: it never looks at them.
-        print(f"pre-signed {n_single} + {n_batch} requests in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+        print(
+            f"pre-signed {n_single} + {n_batch} requests in {time.perf_counter() - t0:.1f} s",
+            file=sys.stderr,
+        )
 
         bare = subprocess.Popen([sys.executable, str(HERE / "bare_server.py"), str(bare_port)])
         try:
             _wait(bare_port)
-            results["bare"] = run_wrk(wrk, f"http://127.0.0.1:{bare_port}", "/v1/records", single,
-                                      args.threads, args.connections, args.duration)
+            results["bare"] = run_wrk(
+                wrk,
+                f"http://127.0.0.1:{bare_port}",
+                "/v1/records",
+                single,
+                args.threads,
+                args.connections,
+                args.duration,
+            )
         finally:
             bare.terminate()
             bare.wait()
         gw.start()
         try:
-            results["single"] = run_wrk(wrk, gw.url, "/v1/records", single, args.threads,
-                                        args.connections, args.duration)
-            results["batch"] = run_wrk(wrk, gw.url, "/v1/records/batch", batch, args.threads,
-                                       min(args.connections, 16), args.duration)
+            results["single"] = run_wrk(
+                wrk, gw.url, "/v1/records", single, args.threads, args.connections, args.duration
+            )
+            results["batch"] = run_wrk(
+                wrk,
+                gw.url,
+                "/v1/records/batch",
+                batch,
+                args.threads,
+                min(args.connections, 16),
+                args.duration,
+            )
         finally:
             gw.stop()
     report(args, results)
@@ -134,6 +201,13 @@ def _wait(port: int) -> None:
     raise SystemExit("bare server did not start")
 
 
+def _row(name: str, r: dict, per_request: int) -> str:
+    return (
+        f"| {name} | {r['rps']:.0f} | {r['rps'] * per_request:.0f} | {r['non_2xx']} "
+        f"| {r['p50']} | {r['p99']} |"
+    )
+
+
 def report(args: argparse.Namespace, r: dict[str, dict]) -> None:
     single_ratio = r["single"]["rps"] / r["bare"]["rps"]
     batch_records = r["batch"]["rps"] * args.batch_size
@@ -143,14 +217,15 @@ def report(args: argparse.Namespace, r: dict[str, dict]) -> None:
         f"# Ingest benchmark, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
         "",
         f"Command: `{cmd.strip()}`  ",
-        f"Machine: {os.cpu_count()} cores, {platform.python_implementation()} {platform.python_version()}, "
-        f"wrk -t{args.threads} -c{args.connections} -d{args.duration}s, SQLite synchronous={args.synchronous}",
+        f"Machine: {os.cpu_count()} cores, {platform.python_implementation()} "
+        f"{platform.python_version()}, wrk -t{args.threads} -c{args.connections} "
+        f"-d{args.duration}s, SQLite synchronous={args.synchronous}",
         "",
         "| run | requests/s | records/s | non-2xx | p50 | p99 |",
         "|---|---|---|---|---|---|",
-        f"| bare aiohttp handler (202) | {r['bare']['rps']:.0f} | {r['bare']['rps']:.0f} | {r['bare']['non_2xx']} | {r['bare']['p50']} | {r['bare']['p99']} |",
-        f"| gateway, single record | {r['single']['rps']:.0f} | {r['single']['rps']:.0f} | {r['single']['non_2xx']} | {r['single']['p50']} | {r['single']['p99']} |",
-        f"| gateway, batch of {args.batch_size} | {r['batch']['rps']:.0f} | {batch_records:.0f} | {r['batch']['non_2xx']} | {r['batch']['p50']} | {r['batch']['p99']} |",
+        _row("bare aiohttp handler (202)", r["bare"], 1),
+        _row("gateway, single record", r["single"], 1),
+        _row(f"gateway, batch of {args.batch_size}", r["batch"], args.batch_size),
         "",
         f"- single-record throughput / bare handler: **{single_ratio:.0%}** (target at least 60%)",
         f"- batch records/s / single records/s: **{batch_ratio:.1f}x** (target at least 10x)",

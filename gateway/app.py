@@ -107,7 +107,8 @@ async def readyz(request: web.Request) -> web.Response:
         checks["mappings"] = {"status": "ok", "detail": f"{len(groups)} groups"}
     ready = all(c["status"] == "ok" for c in checks.values())
     return json_response(
-        {"status": "ready" if ready else "not_ready", "checks": checks}, status=200 if ready else 503
+        {"status": "ready" if ready else "not_ready", "checks": checks},
+        status=200 if ready else 503,
     )
 
 

@@ -298,9 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    serve = sub.add_parser(
-        "serve", help="run the gateway", description=cmd_serve.__doc__
-    )
+    serve = sub.add_parser("serve", help="run the gateway", description=cmd_serve.__doc__)
     _add_settings_flags(serve, [n for n in Settings.model_fields if n not in ENV_ONLY])
     serve.add_argument(
         "--bootstrap-key",
@@ -314,9 +312,13 @@ def build_parser() -> argparse.ArgumentParser:
     keys = sub.add_parser("keys", help="manage producers' access keys")
     ksub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
     create = ksub.add_parser("create", help="create a key (the secret is printed once)")
-    create.add_argument("--group", action="append", required=True, help="a group the key may send to (repeatable)")
+    create.add_argument(
+        "--group", action="append", required=True, help="a group the key may send to (repeatable)"
+    )
     create.add_argument("--name", help="a label for the key")
-    create.add_argument("--rate-limit", type=float, help="requests per second (default: the server's)")
+    create.add_argument(
+        "--rate-limit", type=float, help="requests per second (default: the server's)"
+    )
     create.add_argument("--rate-burst", type=int, help="token bucket size (default: the server's)")
     create.add_argument("--json", action="store_true", help="print JSON")
     create.set_defaults(func=cmd_keys_create)
@@ -330,7 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
         _add_settings_flags(p, STORE_OPTIONS)
 
     send = sub.add_parser("send", help="send one signed record and print the answer")
-    send.add_argument("--url", required=True, help="the gateway's base URL, e.g. http://127.0.0.1:8080")
+    send.add_argument(
+        "--url", required=True, help="the gateway's base URL, e.g. http://127.0.0.1:8080"
+    )
     send.add_argument("--group", required=True, help="the record's group key")
     send.add_argument("--data", required=True, help="the record's data as a JSON object")
     send.add_argument("--access-key", help="access key id [AWS_ACCESS_KEY_ID]")

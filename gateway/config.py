@@ -23,7 +23,9 @@ class Settings(BaseModel):
 
     host: str = Field("127.0.0.1", description="Address to listen on.")
     port: int = Field(8080, ge=0, le=65535, description="Port to listen on.")
-    data_dir: Path = Field(Path("./var"), description="Directory for the SQLite store and key file.")
+    data_dir: Path = Field(
+        Path("./var"), description="Directory for the SQLite store and key file."
+    )
     mappings: Path = Field(Path("./mappings"), description="Directory of per-group mapping files.")
     region: str = Field("us-east-1", description="SigV4 region producers sign for.")
     service: str = Field("execute-api", description="SigV4 service name producers sign for.")
@@ -61,7 +63,9 @@ class Settings(BaseModel):
     key_cache_ttl: float = Field(
         2.0, gt=0, description="Seconds an access key is cached (a revocation's longest delay)."
     )
-    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="Log level."
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
@@ -84,7 +88,9 @@ def env_name(field: str) -> str:
     return ENV_PREFIX + field.upper()
 
 
-def load_settings(overrides: dict[str, Any] | None = None, environ: dict[str, str] | None = None) -> Settings:
+def load_settings(
+    overrides: dict[str, Any] | None = None, environ: dict[str, str] | None = None
+) -> Settings:
     """Settings from ``GATEWAY_*`` variables with ``overrides`` (flags given) on top.
 
     Raises :class:`SettingsError` naming every bad option and where it came from.

@@ -60,7 +60,12 @@ class GatewayProcess:
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         """Run a ``gateway`` command against the same store."""
         return subprocess.run(
-            [*GATEWAY, *args], env=self.env, capture_output=True, text=True, check=check, cwd=self.root
+            [*GATEWAY, *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            check=check,
+            cwd=self.root,
         )
 
     def create_key(self, *groups: str, **opts: str) -> tuple[str, str]:
@@ -113,10 +118,16 @@ class GatewayProcess:
         self.stop(signal.SIGKILL)
 
     def request(
-        self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
     ) -> tuple[int, dict]:
         """A plain (unsigned unless headers say so) request; returns status and JSON body."""
-        req = urllib.request.Request(self.url + path, data=body, headers=headers or {}, method=method)
+        req = urllib.request.Request(
+            self.url + path, data=body, headers=headers or {}, method=method
+        )
         try:
             with urllib.request.urlopen(req, timeout=10) as r:
                 return r.status, json.loads(r.read())

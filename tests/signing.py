@@ -26,8 +26,10 @@ def sign(
     """The URL and headers of a request signed by botocore (header auth, or presigned)."""
     req = AWSRequest(method=method, url=url, data=body, headers=dict(headers or {}))
     creds = Credentials(key, secret)
-    signer = SigV4QueryAuth(creds, service, region, expires=300) if presign else SigV4Auth(
-        creds, service, region
+    signer = (
+        SigV4QueryAuth(creds, service, region, expires=300)
+        if presign
+        else SigV4Auth(creds, service, region)
     )
     if when is None:
         signer.add_auth(req)

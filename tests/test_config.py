@@ -11,7 +11,12 @@ from gateway.config import SettingsError, load_settings
 
 def test_defaults_env_and_flags_in_that_order() -> None:
     s = load_settings({}, environ={})
-    assert (s.port, s.region, s.service, s.data_dir) == (8080, "us-east-1", "execute-api", Path("var"))
+    assert (s.port, s.region, s.service, s.data_dir) == (
+        8080,
+        "us-east-1",
+        "execute-api",
+        Path("var"),
+    )
     assert s.store_url == "sqlite:///var/gateway.db"
     s = load_settings({}, environ={"GATEWAY_PORT": "9000", "GATEWAY_REGION": "eu-north-1"})
     assert (s.port, s.region) == (9000, "eu-north-1")

@@ -70,8 +70,12 @@ def test_real_signers_are_accepted_and_records_stored(gw: GatewayProcess) -> Non
 
     # botocore SigV4Auth
     signed_url, headers = sign(
-        "POST", url, _body(data={"via": "botocore"}), {"Content-Type": "application/json"},
-        key=key, secret=secret,
+        "POST",
+        url,
+        _body(data={"via": "botocore"}),
+        {"Content-Type": "application/json"},
+        key=key,
+        secret=secret,
     )
     r = requests.post(signed_url, data=_body(data={"via": "botocore"}), headers=headers, timeout=10)
     assert r.status_code == 202, r.text
@@ -79,28 +83,48 @@ def test_real_signers_are_accepted_and_records_stored(gw: GatewayProcess) -> Non
 
     # botocore presigned (query auth)
     signed_url, headers = sign(
-        "POST", url, _body(data={"via": "presigned"}), {"Content-Type": "application/json"},
-        key=key, secret=secret, presign=True,
+        "POST",
+        url,
+        _body(data={"via": "presigned"}),
+        {"Content-Type": "application/json"},
+        key=key,
+        secret=secret,
+        presign=True,
     )
     assert "X-Amz-Signature=" in signed_url
-    r = requests.post(signed_url, data=_body(data={"via": "presigned"}), headers=headers, timeout=10)
+    r = requests.post(
+        signed_url, data=_body(data={"via": "presigned"}), headers=headers, timeout=10
+    )
     assert r.status_code == 202, r.text
     ids["presigned"] = r.json()["id"]
 
     # requests-aws4auth
     auth = AWS4Auth(key, secret, "us-east-1", "execute-api")
-    r = requests.post(url, data=_body(data={"via": "aws4auth"}), auth=auth, timeout=10,
-                      headers={"Content-Type": "application/json"})
+    r = requests.post(
+        url,
+        data=_body(data={"via": "aws4auth"}),
+        auth=auth,
+        timeout=10,
+        headers={"Content-Type": "application/json"},
+    )
     assert r.status_code == 202, r.text
     ids["aws4auth"] = r.json()["id"]
 
     # aws-requests-auth
     auth2 = AWSRequestsAuth(
-        aws_access_key=key, aws_secret_access_key=secret,
-        aws_host=f"127.0.0.1:{gw.port}", aws_region="us-east-1", aws_service="execute-api",
+        aws_access_key=key,
+        aws_secret_access_key=secret,
+        aws_host=f"127.0.0.1:{gw.port}",
+        aws_region="us-east-1",
+        aws_service="execute-api",
     )
-    r = requests.post(url, data=_body(data={"via": "aws-requests-auth"}), auth=auth2, timeout=10,
-                      headers={"Content-Type": "application/json"})
+    r = requests.post(
+        url,
+        data=_body(data={"via": "aws-requests-auth"}),
+        auth=auth2,
+        timeout=10,
+        headers={"Content-Type": "application/json"},
+    )
     assert r.status_code == 202, r.text
     ids["aws-requests-auth"] = r.json()["id"]
 
@@ -108,10 +132,24 @@ def test_real_signers_are_accepted_and_records_stored(gw: GatewayProcess) -> Non
     if shutil.which("curl") is None:
         pytest.fail("curl is required for this test (apt-get install curl)")
     out = subprocess.run(
-        ["curl", "-sS", "--aws-sigv4", "aws:amz:us-east-1:execute-api", "--user", f"{key}:{secret}",
-         "-H", "Content-Type: application/json", "-d", _body(data={"via": "curl"}).decode(),
-         "-w", "\n%{http_code}", url],
-        capture_output=True, text=True, check=True,
+        [
+            "curl",
+            "-sS",
+            "--aws-sigv4",
+            "aws:amz:us-east-1:execute-api",
+            "--user",
+            f"{key}:{secret}",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            _body(data={"via": "curl"}).decode(),
+            "-w",
+            "\n%{http_code}",
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     body, status = out.rsplit("\n", 1)
     assert status == "202", out
@@ -119,17 +157,45 @@ def test_real_signers_are_accepted_and_records_stored(gw: GatewayProcess) -> Non
 
     # awscurl (defaults to service execute-api; region given explicitly)
     out = subprocess.run(
-        [str(Path(sys.executable).parent / "awscurl"), "--service", "execute-api", "--region",
-         "us-east-1", "--access_key", key, "--secret_key", secret, "-X", "POST",
-         "-H", "Content-Type: application/json", "-d", _body(data={"via": "awscurl"}).decode(), url],
-        capture_output=True, text=True,
+        [
+            str(Path(sys.executable).parent / "awscurl"),
+            "--service",
+            "execute-api",
+            "--region",
+            "us-east-1",
+            "--access_key",
+            key,
+            "--secret_key",
+            secret,
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            _body(data={"via": "awscurl"}).decode(),
+            url,
+        ],
+        capture_output=True,
+        text=True,
     )
     assert out.returncode == 0, out.stderr + out.stdout
     ids["awscurl"] = json.loads(out.stdout)["id"]
 
     # gateway send (botocore under the hood)
-    out = gw.cli("send", "--url", gw.url, "--group", "demo", "--data", '{"via": "send"}',
-                 "--access-key", key, "--secret-key", secret, "--json")
+    out = gw.cli(
+        "send",
+        "--url",
+        gw.url,
+        "--group",
+        "demo",
+        "--data",
+        '{"via": "send"}',
+        "--access-key",
+        key,
+        "--secret-key",
+        secret,
+        "--json",
+    )
     answer = json.loads(out.stdout)
     assert answer["status"] == 202
     ids["send"] = answer["body"]["id"]
@@ -149,8 +215,12 @@ def test_bootstrap_key_prints_a_curl_command_that_works(gw: GatewayProcess) -> N
     match = re.search(r"(curl --aws-sigv4 .*?/v1/records)", printed, re.S)
     assert match, printed
     command = match.group(1)
-    out = subprocess.run(["bash", "-c", command + " -sS -w '\n%{http_code}'"],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["bash", "-c", command + " -sS -w '\n%{http_code}'"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     body, status = out.rsplit("\n", 1)
     assert status == "202", out
     assert json.loads(body)["status"] == "accepted"
@@ -174,7 +244,9 @@ def test_revoked_key_is_refused_by_the_running_server_within_seconds(gw: Gateway
     gw.cli("keys", "revoke", key)
     deadline = time.monotonic() + 10
     while True:
-        r = requests.post(gw.url + "/v1/records", data=_body(), auth=auth, headers=headers, timeout=10)
+        r = requests.post(
+            gw.url + "/v1/records", data=_body(), auth=auth, headers=headers, timeout=10
+        )
         if r.status_code != 202 or time.monotonic() > deadline:
             break
         time.sleep(0.2)
@@ -185,16 +257,27 @@ def test_revoked_key_is_refused_by_the_running_server_within_seconds(gw: Gateway
     assert gw.cli("keys", "revoke", "AKGWNOSUCHKEY0000000", check=False).returncode == 1
 
 
-def _load(g: GatewayProcess, key: str, secret: str, stop: threading.Event, acked: list[str],
-          errors: list[str]) -> None:
+def _load(
+    g: GatewayProcess,
+    key: str,
+    secret: str,
+    stop: threading.Event,
+    acked: list[str],
+    errors: list[str],
+) -> None:
     session = requests.Session()
     auth = AWS4Auth(key, secret, "us-east-1", "execute-api")
     n = 0
     while not stop.is_set():
         n += 1
         try:
-            r = session.post(g.url + "/v1/records", data=_body(data={"n": n}), auth=auth,
-                             headers={"Content-Type": "application/json"}, timeout=5)
+            r = session.post(
+                g.url + "/v1/records",
+                data=_body(data={"n": n}),
+                auth=auth,
+                headers={"Content-Type": "application/json"},
+                timeout=5,
+            )
         except requests.RequestException:
             return  # the server is gone
         if r.status_code == 202:
@@ -204,14 +287,18 @@ def _load(g: GatewayProcess, key: str, secret: str, stop: threading.Event, acked
 
 
 @pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
-def test_every_acknowledged_record_survives_the_server_stopping(gw: GatewayProcess, how: str) -> None:
+def test_every_acknowledged_record_survives_the_server_stopping(
+    gw: GatewayProcess, how: str
+) -> None:
     gw.start()
     key, secret = gw.create_key("demo")
     stop = threading.Event()
     acked: list[str] = []
     errors: list[str] = []
-    threads = [threading.Thread(target=_load, args=(gw, key, secret, stop, acked, errors))
-               for _ in range(8)]
+    threads = [
+        threading.Thread(target=_load, args=(gw, key, secret, stop, acked, errors))
+        for _ in range(8)
+    ]
     for t in threads:
         t.start()
     deadline = time.monotonic() + 30
@@ -238,8 +325,13 @@ def test_request_log_lines_carry_ids_and_no_secrets_or_data(gw: GatewayProcess) 
     gw.start()
     key, secret = gw.create_key("demo")
     auth = AWS4Auth(key, secret, "us-east-1", "execute-api")
-    r = requests.post(gw.url + "/v1/records", data=_body(), auth=auth,
-                      headers={"Content-Type": "application/json"}, timeout=10)
+    r = requests.post(
+        gw.url + "/v1/records",
+        data=_body(),
+        auth=auth,
+        headers={"Content-Type": "application/json"},
+        timeout=10,
+    )
     assert r.status_code == 202
     rid = r.json()["id"]
     requests.post(gw.url + "/v1/records", data=b"{}", timeout=10)  # unsigned: refused

@@ -49,7 +49,7 @@ class Api:
         signed_url, signed = sign(method, url, body, headers, key=key, secret=secret, **sign_kw)
         if tamper:
             body, signed = tamper(body, signed)
-        target = signed_url[len(str(self.client.make_url(""))):]
+        target = signed_url[len(str(self.client.make_url(""))) :]
         return await self.client.request(method, target, data=body, headers=signed)
 
     async def count(self) -> int:
@@ -143,36 +143,78 @@ def _mangle_auth(fn):
 NOW = dt.datetime.now(dt.UTC)
 
 REFUSALS: list[tuple[str, dict[str, Any], int, str]] = [
-    ("garbled authorization", {"tamper": _mangle_auth(lambda a: "AWS4-HMAC-SHA256 garbage")}, 401,
-     "INCOMPLETE_SIGNATURE"),
-    ("wrong algorithm", {"tamper": _mangle_auth(lambda a: a.replace("AWS4-HMAC-SHA256", "AWS4-HMAC-SHA1"))},
-     401, "UNSUPPORTED_ALGORITHM"),
+    (
+        "garbled authorization",
+        {"tamper": _mangle_auth(lambda a: "AWS4-HMAC-SHA256 garbage")},
+        401,
+        "INCOMPLETE_SIGNATURE",
+    ),
+    (
+        "wrong algorithm",
+        {"tamper": _mangle_auth(lambda a: a.replace("AWS4-HMAC-SHA256", "AWS4-HMAC-SHA1"))},
+        401,
+        "UNSUPPORTED_ALGORITHM",
+    ),
     ("unknown key", {"key": "AKGWUNKNOWNKEY000000"}, 401, "INVALID_CLIENT_TOKEN_ID"),
     ("wrong secret", {"secret": "x" * 40}, 401, "SIGNATURE_DOES_NOT_MATCH"),
-    ("body changed after signing",
-     {"tamper": lambda b, h: (b.replace(b"John", b"Jane"), h)}, 401, "SIGNATURE_DOES_NOT_MATCH"),
-    ("signed header changed", {"headers": {"X-Custom": "a"}, "tamper": _replace_header("X-Custom", "b")},
-     401, "SIGNATURE_DOES_NOT_MATCH"),
-    ("unsigned x-amz header", {"tamper": _replace_header("X-Amz-Foo", "bar")}, 401, "HEADERS_NOT_SIGNED"),
+    (
+        "body changed after signing",
+        {"tamper": lambda b, h: (b.replace(b"John", b"Jane"), h)},
+        401,
+        "SIGNATURE_DOES_NOT_MATCH",
+    ),
+    (
+        "signed header changed",
+        {"headers": {"X-Custom": "a"}, "tamper": _replace_header("X-Custom", "b")},
+        401,
+        "SIGNATURE_DOES_NOT_MATCH",
+    ),
+    (
+        "unsigned x-amz header",
+        {"tamper": _replace_header("X-Amz-Foo", "bar")},
+        401,
+        "HEADERS_NOT_SIGNED",
+    ),
     ("expired", {"when": NOW - dt.timedelta(minutes=6)}, 401, "REQUEST_EXPIRED"),
     ("future", {"when": NOW + dt.timedelta(minutes=6)}, 401, "REQUEST_NOT_YET_VALID"),
     ("wrong region", {"region": "eu-west-1"}, 401, "INVALID_CREDENTIAL_SCOPE"),
     ("wrong service", {"service": "s3"}, 401, "INVALID_CREDENTIAL_SCOPE"),
-    ("wrong scope date", {"tamper": _mangle_auth(
-        lambda a: a.replace(f"/{NOW:%Y%m%d}/", f"/{NOW - dt.timedelta(days=1):%Y%m%d}/"))}, 401,
-     "INVALID_CREDENTIAL_SCOPE"),
+    (
+        "wrong scope date",
+        {
+            "tamper": _mangle_auth(
+                lambda a: a.replace(f"/{NOW:%Y%m%d}/", f"/{NOW - dt.timedelta(days=1):%Y%m%d}/")
+            )
+        },
+        401,
+        "INVALID_CREDENTIAL_SCOPE",
+    ),
     ("group not allowed", {"body": record("other")}, 403, "GROUP_NOT_ALLOWED"),
     ("nested object", {"body": record(data={"address": {"street": "x"}})}, 422, "INVALID_DATA"),
     ("list holding an object", {"body": record(data={"tags": [{"a": 1}]})}, 422, "INVALID_DATA"),
     ("malformed json", {"body": b'{"group_key": "demo", "data": '}, 400, "MALFORMED_JSON"),
-    ("wrong content type", {"headers": {"Content-Type": "text/plain"}}, 415, "UNSUPPORTED_MEDIA_TYPE"),
+    (
+        "wrong content type",
+        {"headers": {"Content-Type": "text/plain"}},
+        415,
+        "UNSUPPORTED_MEDIA_TYPE",
+    ),
     ("oversized body", {"body": record(data={"x": "y" * 5000})}, 413, "PAYLOAD_TOO_LARGE"),
-    ("too many attributes", {"body": record(data={f"k{i}": i for i in range(11)})}, 422, "INVALID_DATA"),
+    (
+        "too many attributes",
+        {"body": record(data={f"k{i}": i for i in range(11)})},
+        422,
+        "INVALID_DATA",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("case", "change", "status", "code"), REFUSALS, ids=[r[0] for r in REFUSALS])
-async def test_refusals_store_nothing(api: Api, case: str, change: dict, status: int, code: str) -> None:
+@pytest.mark.parametrize(
+    ("case", "change", "status", "code"), REFUSALS, ids=[r[0] for r in REFUSALS]
+)
+async def test_refusals_store_nothing(
+    api: Api, case: str, change: dict, status: int, code: str
+) -> None:
     key, secret = await api.key("demo")
     kw: dict[str, Any] = {"key": key, "secret": secret}
     body = change.pop("body", record())
@@ -241,7 +283,13 @@ async def test_batch_stores_valid_items_and_reports_each(api: Api) -> None:
     answer = await r.json()
     assert (answer["accepted"], answer["rejected"]) == (2, 3)
     res = answer["results"]
-    assert [x["status"] for x in res] == ["accepted", "rejected", "rejected", "accepted", "rejected"]
+    assert [x["status"] for x in res] == [
+        "accepted",
+        "rejected",
+        "rejected",
+        "accepted",
+        "rejected",
+    ]
     assert res[1]["error"]["code"] == "INVALID_DATA"
     assert res[1]["error"]["errors"][0]["field"] == "data.bad"
     assert (res[2]["error"]["code"], res[2]["http_status"]) == ("GROUP_NOT_ALLOWED", 403)
@@ -311,7 +359,9 @@ async def test_rate_limit_answers_429_with_headers(api: Api) -> None:
     key, secret = await api.key("demo", rate_limit=0.5, rate_burst=2)
     statuses = []
     for i in range(3):
-        r = await api.send("POST", "/v1/records", record(data={"i": i}), JSON, key=key, secret=secret)
+        r = await api.send(
+            "POST", "/v1/records", record(data={"i": i}), JSON, key=key, secret=secret
+        )
         statuses.append(r.status)
     assert statuses == [202, 202, 429]
     err = await error_of(r)

@@ -56,7 +56,11 @@ class SecretBox:
     def encrypt(self, access_key_id: str, secret: str) -> bytes:
         """Ciphertext of ``secret``, bound to ``access_key_id``."""
         nonce = os.urandom(12)
-        return _CIPHER_VERSION + nonce + self._aead.encrypt(nonce, secret.encode(), access_key_id.encode())
+        return (
+            _CIPHER_VERSION
+            + nonce
+            + self._aead.encrypt(nonce, secret.encode(), access_key_id.encode())
+        )
 
     def decrypt(self, access_key_id: str, blob: bytes) -> str:
         """The secret; raises :class:`MasterKeyError` when the master key does not fit."""
@@ -149,7 +153,9 @@ class KeyRing:
     takes to reach this one.
     """
 
-    def __init__(self, store: Store, box: SecretBox, ttl: float = 2.0, max_entries: int = 100_000) -> None:
+    def __init__(
+        self, store: Store, box: SecretBox, ttl: float = 2.0, max_entries: int = 100_000
+    ) -> None:
         self._store = store
         self._box = box
         self._ttl = ttl

@@ -68,9 +68,7 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
         )
     body = await request.read()
     if len(body) > limit:
-        raise ApiError(
-            413, "PAYLOAD_TOO_LARGE", f"request body is over the limit of {limit} bytes"
-        )
+        raise ApiError(413, "PAYLOAD_TOO_LARGE", f"request body is over the limit of {limit} bytes")
     return body
 
 
@@ -170,12 +168,16 @@ async def _commit(
         result = await ing.store.commit_ingest(write)
     except StoreOverloaded:
         raise ApiError(
-            503, "OVERLOADED", "The gateway is busy storing records; retry shortly",
+            503,
+            "OVERLOADED",
+            "The gateway is busy storing records; retry shortly",
             headers={"Retry-After": "1"},
         ) from None
     except StoreUnavailable as exc:
         raise ApiError(
-            503, "STORE_UNAVAILABLE", f"The store is unavailable: {exc}",
+            503,
+            "STORE_UNAVAILABLE",
+            f"The store is unavailable: {exc}",
             headers={"Retry-After": "5"},
         ) from None
     if not result.committed:
@@ -247,7 +249,9 @@ async def post_batch(request: web.Request) -> web.Response:
         try:
             group_key, data, integrations, version = _check_record(ing, principal, item)
         except ApiError as err:
-            results.append({"index": index, "status": "rejected", **err.body(), "http_status": err.status})
+            results.append(
+                {"index": index, "status": "rejected", **err.body(), "http_status": err.status}
+            )
             continue
         rec = _new_record(principal, group_key, data, integrations, version, now)
         records.append(rec)
@@ -286,7 +290,9 @@ async def get_record(request: web.Request) -> web.Response:
         rec = await ing.store.get_record(rid)
     except StoreUnavailable as exc:
         raise ApiError(
-            503, "STORE_UNAVAILABLE", f"The store is unavailable: {exc}",
+            503,
+            "STORE_UNAVAILABLE",
+            f"The store is unavailable: {exc}",
             headers={"Retry-After": "5"},
         ) from None
     # A record of a group the key may not see is answered as absent, so ids cannot be probed.

@@ -98,16 +98,24 @@ def validate_data(data: Any, limits: Limits, prefix: str = "data") -> list[dict[
     return errors
 
 
-def validate_record(obj: Any, limits: Limits) -> tuple[str | None, dict[str, Any], list[dict[str, str]]]:
+def validate_record(
+    obj: Any, limits: Limits
+) -> tuple[str | None, dict[str, Any], list[dict[str, str]]]:
     """Check one ``{"data": ..., "group_key": ...}`` object.
 
     Returns ``(group_key, data, errors)``; the record is valid when ``errors`` is empty.
     """
     if not isinstance(obj, dict):
-        return None, {}, [{"field": "", "message": f"a record must be an object, not {_type_name(obj)}"}]
+        return (
+            None,
+            {},
+            [{"field": "", "message": f"a record must be an object, not {_type_name(obj)}"}],
+        )
     errors: list[dict[str, str]] = []
     for extra in obj.keys() - _RECORD_FIELDS:
-        errors.append({"field": str(extra), "message": "unknown field; a record has data and group_key"})
+        errors.append(
+            {"field": str(extra), "message": "unknown field; a record has data and group_key"}
+        )
     group_key = obj.get("group_key")
     if group_key is None:
         errors.append({"field": "group_key", "message": "required"})

@@ -222,7 +222,9 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def get_idempotency(self, access_key_id: str, key: str, now: float) -> IdempotencyEntry | None:
+    async def get_idempotency(
+        self, access_key_id: str, key: str, now: float
+    ) -> IdempotencyEntry | None:
         """The unexpired entry for ``key``, if any (a fast path before :meth:`commit_ingest`)."""
 
     @abc.abstractmethod
