@@ -287,6 +287,31 @@ def cmd_send(args: argparse.Namespace) -> int:
     return 0 if 200 <= status < 300 else 1
 
 
+# -- integrations --------------------------------------------------------------------------
+
+
+def cmd_integrations(args: argparse.Namespace) -> int:
+    """Print the catalog of integration types (all, or one)."""
+    from gateway.integrations import catalog
+    from gateway.integrations.base import all_types, get_type
+
+    types = all_types()
+    if args.type:
+        one = get_type(args.type)
+        if one is None:
+            names = ", ".join(t.name for t in types)
+            print(f"error: no integration type {args.type!r}; known: {names}", file=sys.stderr)
+            return 1
+        types = [one]
+    if args.json:
+        _print_json([catalog.type_json(t) for t in types])
+    elif args.markdown:
+        sys.stdout.write(catalog.markdown(types))
+    else:
+        print("\n\n".join(catalog.text(t) for t in types))
+    return 0
+
+
 # -- parser --------------------------------------------------------------------------------
 
 
@@ -343,6 +368,18 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--json", action="store_true", help="print JSON: {status, body}")
     _add_settings_flags(send, ["region", "service"])
     send.set_defaults(func=cmd_send)
+    integ = sub.add_parser(
+        "integrations",
+        help="print the catalog of integration types",
+        description=cmd_integrations.__doc__,
+    )
+    integ.add_argument("type", nargs="?", metavar="TYPE", help="only this type")
+    fmt = integ.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="print JSON")
+    fmt.add_argument(
+        "--markdown", action="store_true", help="print Markdown (docs/integrations.md)"
+    )
+    integ.set_defaults(func=cmd_integrations)
     return parser
 
 
