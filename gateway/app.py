@@ -68,19 +68,19 @@ async def envelope_and_log(request: web.Request, handler: Handler) -> web.Stream
         )
         code = "INTERNAL_ERROR"
         response = ApiError(500, code, "internal error; the event is logged").response()
-    rate_headers = request.get("rate_headers")
-    if rate_headers:
-        response.headers.update(rate_headers)
+    info = logs.info(request)
+    if info.headers:
+        response.headers.update(info.headers)
     logs.log(
         "request",
         method=request.method,
         path=request.path,
         status=response.status,
         latency_ms=round((time.perf_counter() - started) * 1000, 2),
-        access_key_id=request.get("access_key_id"),
-        group=request.get("group_key"),
-        record_id=request.get("record_id"),
-        records=request.get("records"),
+        access_key_id=info.access_key_id,
+        group=info.group_key,
+        record_id=info.record_id,
+        records=info.records,
         code=code,
     )
     return response

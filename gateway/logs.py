@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+from aiohttp import web
 
 _LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
 _threshold = 20
@@ -36,3 +38,25 @@ def log(event: str, level: str = "info", **fields: Any) -> None:
 def flush() -> None:
     """Flush buffered lines (on shutdown, and periodically by the server)."""
     sys.stdout.flush()
+
+
+@dataclass(slots=True)
+class RequestInfo:
+    """What handlers learn about a request, for its log line and response headers."""
+
+    access_key_id: str | None = None
+    group_key: str | None = None
+    record_id: str | None = None
+    records: int | None = None
+    headers: dict[str, str] = field(default_factory=dict)  # added to every answer
+
+
+REQUEST_INFO = web.RequestKey("request_info", RequestInfo)
+
+
+def info(request: web.Request) -> RequestInfo:
+    """The request's :class:`RequestInfo`, made on first use."""
+    found = request.get(REQUEST_INFO)
+    if found is None:
+        found = request[REQUEST_INFO] = RequestInfo()
+    return found

@@ -14,7 +14,8 @@ DOC = Path(__file__).resolve().parent.parent / "docs" / "integrations.md"
 
 def test_docs_integrations_md_is_generated_from_the_declarations() -> None:
     assert DOC.read_text() == catalog.markdown(), (
-        "docs/integrations.md is stale: run `gateway integrations --markdown > docs/integrations.md`"
+        "docs/integrations.md is stale: run "
+        "`gateway integrations --markdown > docs/integrations.md`"
     )
 
 

@@ -384,3 +384,46 @@ async def test_health_readiness_and_openapi(api: Api) -> None:
     r = await api.client.get("/openapi.json")
     assert r.status == 200
     assert (await r.json())["openapi"].startswith("3.1")
+
+
+async def test_store_falling_behind_sheds_load_with_503(api: Api, tmp_path: Path) -> None:
+    """While another connection holds SQLite's write lock, commits cannot finish; once the
+    queue of uncommitted records is full, ingest answers 503 instead of queueing more."""
+    import sqlite3
+
+    key, secret = await api.key("demo")
+    five = json.dumps({"records": [{"group_key": "demo", "data": {"i": i}} for i in range(5)]})
+    api.store.max_pending_writes = 5
+    blocker = sqlite3.connect(tmp_path / "data" / "gateway.db", isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        first = asyncio.create_task(
+            api.send("POST", "/v1/records/batch", five.encode(), JSON, key=key, secret=secret)
+        )
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if api.store.pending_writes() == 5:
+                break
+        assert api.store.pending_writes() == 5
+        r = await api.send("POST", "/v1/records", record(), JSON, key=key, secret=secret)
+        assert r.status == 503
+        assert r.headers["Retry-After"] == "1"
+        assert (await error_of(r))["code"] == "OVERLOADED"
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    r1 = await first
+    assert r1.status == 200
+    assert (await r1.json())["accepted"] == 5
+    assert await api.count() == 5
+
+
+async def test_readyz_reports_a_missing_mappings_directory(api: Api, tmp_path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(tmp_path / "mappings")
+    r = await api.client.get("/readyz")
+    assert r.status == 503
+    body = await r.json()
+    assert body["checks"]["mappings"]["status"] == "failing"
+    assert body["checks"]["store"]["status"] == "ok"

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from gateway import logs
 from gateway.auth.keys import ActiveKey, KeyRing
 from gateway.auth.sigv4 import SigV4Error, SigV4Request, SigV4Verifier
 from gateway.errors import ApiError
@@ -53,5 +54,5 @@ async def authenticate(
         verifier.verify(sreq, auth, key.secret)
     except SigV4Error as exc:
         raise ApiError(exc.status, exc.code, exc.message, extra=exc.extra) from None
-    request["access_key_id"] = key.access_key_id
+    logs.info(request).access_key_id = key.access_key_id
     return Principal(key, auth.signature)

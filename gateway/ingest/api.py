@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from gateway import logs
 from gateway.auth.keys import KeyRing
 from gateway.auth.request import Principal, authenticate
 from gateway.auth.sigv4 import SigV4Verifier
@@ -78,14 +79,15 @@ async def _admit(ing: Ingest, request: web.Request, limit: int) -> tuple[Princip
     principal = await authenticate(ing.verifier, ing.keys, request, body)
     key = principal.key
     decision = ing.limiter.take(key.access_key_id, key.rate_limit, key.rate_burst)
-    request["rate_headers"] = decision.headers()
+    rate_headers = decision.headers()
+    logs.info(request).headers.update(rate_headers)
     if not decision.allowed:
         raise ApiError(
             429,
             "RATE_LIMITED",
             f"Rate limit of {decision.limit} requests exceeded for this access key; retry "
             f"after {decision.retry_after} s",
-            headers=request["rate_headers"],
+            headers=rate_headers,
         )
     return principal, body
 
@@ -211,9 +213,9 @@ async def post_record(request: web.Request) -> web.Response:
     if replay is not None:
         return replay
     group_key, data, integrations, version = _check_record(ing, principal, obj)
-    request["group_key"] = group_key
+    logs.info(request).group_key = group_key
     rec = _new_record(principal, group_key, data, integrations, version, time.time())
-    request["record_id"] = rec.id
+    logs.info(request).record_id = rec.id
     answer = {"id": rec.id, "status": "accepted", "integrations": integrations}
     return await _commit(ing, request, principal, [rec], 202, answer, keys, req_hash)
 
@@ -258,7 +260,7 @@ async def post_batch(request: web.Request) -> web.Response:
         results.append(
             {"index": index, "status": "accepted", "id": rec.id, "integrations": integrations}
         )
-    request["records"] = len(records)
+    logs.info(request).records = len(records)
     answer = {"accepted": len(records), "rejected": len(items) - len(records), "results": results}
     if not records:
         return json_response(answer)
@@ -298,8 +300,8 @@ async def get_record(request: web.Request) -> web.Response:
     # A record of a group the key may not see is answered as absent, so ids cannot be probed.
     if rec is None or rec.group_key not in principal.key.groups:
         raise ApiError(404, "RECORD_NOT_FOUND", f"No record with id '{rid}'")
-    request["group_key"] = rec.group_key
-    request["record_id"] = rec.id
+    logs.info(request).group_key = rec.group_key
+    logs.info(request).record_id = rec.id
     return json_response(
         {
             "id": rec.id,
