@@ -1,0 +1,83 @@
+"""The ``options`` block of an integration entry: delivery behaviour, the same for every type."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|sec|second|m|min|minute|h|hour)\s*$")
+_PER = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h": 3600, "hour": 3600}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNIT = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, None: 1}
+
+
+def parse_rate(value: Any) -> float:
+    """``10/s``, ``600/min``, ``1000/h`` or a number (per second) -> requests per second."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        rate = float(value)
+    else:
+        m = _RATE.match(str(value))
+        if not m:
+            raise ValueError("a rate is like 10/s, 600/min or 1000/h")
+        rate = float(m.group(1)) / _PER[m.group(2)]
+    if rate <= 0:
+        raise ValueError("a rate must be above zero")
+    return rate
+
+
+def parse_duration(value: Any) -> float:
+    """``250ms``, ``5s``, ``10m``, ``24h`` or a number of seconds -> seconds."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        m = _DURATION.match(str(value))
+        if not m:
+            raise ValueError("a duration is like 250ms, 5s, 10m or 24h")
+        seconds = float(m.group(1)) * _UNIT[m.group(2)]
+    if seconds < 0:
+        raise ValueError("a duration cannot be negative")
+    return seconds
+
+
+class RetryOptions(BaseModel):
+    """Retry policy: exponential backoff with full jitter."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    base: float = Field(1.0, description="First backoff, seconds.")
+    cap: float = Field(600.0, description="Longest backoff, seconds.")
+    max_attempts: int = Field(30, ge=1, description="Give up after this many attempts.")
+    max_age: float = Field(86400.0, description="Give up this long after the record arrived.")
+
+    @field_validator("base", "cap", "max_age", mode="before")
+    @classmethod
+    def _duration(cls, v: Any) -> float:
+        return parse_duration(v)
+
+
+class DeliveryOptions(BaseModel):
+    """Delivery behaviour of one integration entry; unset values take the type's defaults."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    rate_limit: float | None = Field(None, description="Requests per second (10/s, 600/min).")
+    concurrency: int | None = Field(None, ge=1, le=1000, description="Requests in flight.")
+    batch_size: int | None = Field(None, ge=1, le=10000, description="Records per request.")
+    batch_wait: float | None = Field(None, description="Longest wait to fill a batch (250ms).")
+    timeout: float | None = Field(None, description="Request timeout (30s).")
+    retry: RetryOptions = Field(default_factory=RetryOptions)
+    ordering_key: str | None = Field(
+        None, description="Attribute whose equal values are delivered in order."
+    )
+
+    @field_validator("rate_limit", mode="before")
+    @classmethod
+    def _rate(cls, v: Any) -> float | None:
+        return None if v is None else parse_rate(v)
+
+    @field_validator("batch_wait", "timeout", mode="before")
+    @classmethod
+    def _duration(cls, v: Any) -> float | None:
+        return None if v is None else parse_duration(v)
