@@ -9,6 +9,10 @@ import yaml
 KeyPath = tuple[str | int, ...]
 
 
+# libyaml's parser when PyYAML was built with it: several times faster on large directories.
+_Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 class YamlError(Exception):
     """The file is not valid YAML; ``line`` is 1-based."""
 
@@ -24,7 +28,7 @@ def load_with_lines(text: str) -> tuple[Any, dict[KeyPath, int]]:
     Only the safe YAML subset is built (no tags that construct objects), so nothing in a
     mapping file can run code.
     """
-    loader = yaml.SafeLoader(text)
+    loader = _Loader(text)
     lines: dict[KeyPath, int] = {}
     try:
         node = loader.get_single_node()

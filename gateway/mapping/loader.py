@@ -1,0 +1,165 @@
+"""Loading a directory of mapping files, keeping the last good version of each group live.
+
+Every ``*.yaml`` in the directory is one group; the file name must equal its ``group_key``.
+A file that fails to load never replaces a good live version: its errors are kept (for
+``/readyz``, the admin API and ``gateway check``) and the old version stays in force. Reloads
+compile only files whose size or modification time changed.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gateway.mapping.errors import SpecErrors, format_key_path
+from gateway.mapping.model import CompiledMapping, compile_mapping
+from gateway.mapping.yamlsrc import YamlError, line_of, load_with_lines
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One error in one mapping file."""
+
+    file: str
+    line: int | None
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        return f"{where}: {self.path}: {self.message}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {"file": self.file, "line": self.line, "path": self.path, "message": self.message}
+
+
+def load_file(
+    path: Path, environ: Mapping[str, str] | None = None
+) -> tuple[CompiledMapping | None, list[Problem]]:
+    """Compile one mapping file; return it, or None and every problem found."""
+    name = str(path)
+    try:
+        content = path.read_bytes()
+    except OSError as exc:
+        return None, [Problem(name, None, "(file)", f"cannot read: {exc.strerror}")]
+    try:
+        text = content.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return None, [Problem(name, None, "(file)", f"not UTF-8: {exc}")]
+    try:
+        data, lines = load_with_lines(text)
+    except YamlError as exc:
+        return None, [Problem(name, exc.line, "(yaml)", exc.message)]
+    try:
+        compiled = compile_mapping(data, content, expected_group=path.stem, environ=environ)
+    except SpecErrors as exc:
+        problems = [
+            Problem(name, line_of(lines, e.path), format_key_path(e.path), e.message)
+            for e in exc.errors
+        ]
+        problems.sort(key=lambda p: (p.line or 0, p.path))
+        return None, problems
+    return compiled, []
+
+
+def check_directory(directory: Path, environ: Mapping[str, str] | None = None) -> list[Problem]:
+    """Every problem in every mapping file of ``directory``."""
+    if not directory.is_dir():
+        return [Problem(str(directory), None, "(directory)", "not a directory")]
+    problems: list[Problem] = []
+    for path in sorted(directory.glob("*.yaml")):
+        problems.extend(load_file(path, environ)[1])
+    return problems
+
+
+@dataclass(slots=True)
+class ReloadResult:
+    """What a reload did."""
+
+    loaded: list[str] = field(default_factory=list)  # groups (re)loaded from changed files
+    removed: list[str] = field(default_factory=list)  # groups whose file is gone
+    failed: dict[str, list[Problem]] = field(default_factory=dict)  # file -> its problems
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {
+            "loaded": self.loaded,
+            "removed": self.removed,
+            "failed": {f: [p.to_dict() for p in ps] for f, ps in self.failed.items()},
+            "seconds": round(self.seconds, 3),
+        }
+
+
+class MappingRegistry:
+    """The live mappings of every group, from one directory."""
+
+    def __init__(self, directory: Path, environ: Mapping[str, str] | None = None) -> None:
+        self.directory = directory
+        self._environ = environ
+        self._live: dict[str, CompiledMapping] = {}
+        self._stamps: dict[str, tuple[int, int]] = {}  # file name -> (mtime_ns, size)
+        self.problems: dict[str, list[Problem]] = {}  # file -> problems of its latest version
+        self.error: str | None = None  # the directory itself cannot be read
+
+    def get(self, group_key: str) -> CompiledMapping | None:
+        """The group's live mapping, or None when the group does not exist."""
+        return self._live.get(group_key)
+
+    def groups(self) -> list[str]:
+        """Every live group key, sorted."""
+        return sorted(self._live)
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+    def reload(self) -> ReloadResult:
+        """Pick up added, changed and removed files. Bad files leave their old version live."""
+        started = time.perf_counter()
+        result = ReloadResult()
+        try:
+            entries = {e.name: e for e in os.scandir(self.directory) if e.name.endswith(".yaml")}
+        except OSError as exc:
+            self.error = f"cannot read mappings directory {self.directory}: {exc.strerror}"
+            result.seconds = time.perf_counter() - started
+            return result
+        self.error = None
+        live = dict(self._live)
+        for name in sorted(entries):
+            entry = entries[name]
+            try:
+                st = entry.stat()
+            except OSError:
+                continue
+            stamp = (st.st_mtime_ns, st.st_size)
+            if self._stamps.get(name) == stamp:
+                continue
+            self._stamps[name] = stamp
+            compiled, problems = load_file(Path(entry.path), self._environ)
+            if compiled is None:
+                self.problems[entry.path] = problems
+                result.failed[entry.path] = problems
+                continue
+            self.problems.pop(entry.path, None)
+            live[compiled.group_key] = compiled
+            result.loaded.append(compiled.group_key)
+        for name in list(self._stamps):
+            if name not in entries:
+                del self._stamps[name]
+                group = name[: -len(".yaml")]
+                self.problems.pop(str(self.directory / name), None)
+                if live.pop(group, None) is not None:
+                    result.removed.append(group)
+        # One assignment: a reader sees the old set or the new one, never a mix.
+        self._live = live
+        result.seconds = time.perf_counter() - started
+        return result
+
+    def all_problems(self) -> list[Problem]:
+        """Problems of every file whose latest version failed to load."""
+        return [p for ps in self.problems.values() for p in ps]
