@@ -105,7 +105,7 @@ class MappingError(Exception):
         if self.field is not None:
             parts.append(f"field {self.field!r}")
         if self.source is not None:
-            parts.append(f"source {self.source}")
+            parts.append(f"source {self.source!r}")
         if self.value is not None:
             parts.append(f"value {self.value}")
         where = ", ".join(parts)

@@ -169,6 +169,12 @@ def phone_to_e164(value: Any, region: str | None, who: str) -> str | None:
 
 def check_region(region: Any) -> tuple[str | None, str | None]:
     """A phone default region, upper-cased: ``(region, None)`` or ``(None, error message)``."""
+    if isinstance(region, bool):
+        # YAML 1.1 reads a bare NO (Norway) as false; say so rather than "unknown region False".
+        return (
+            None,
+            f'phone region must be quoted text (YAML read it as {str(region).lower()}): "NO"',
+        )
     if not isinstance(region, str) or region.upper() not in phonenumbers.SUPPORTED_REGIONS:
         return None, (
             f"unknown phone region {region!r}: use a two-letter ISO 3166 code such as SE, "
