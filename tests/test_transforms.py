@@ -264,6 +264,17 @@ def test_pipeline_applies_in_order() -> None:
     assert run([{"default": "SE"}, "lower"], None) == "se"
 
 
+def test_trace_shows_every_step() -> None:
+    pipeline = parse_transforms(["trim", "first_word", "upper"])
+    assert pipeline.trace("  åsa öberg ") == [
+        ("trim", "åsa öberg"),
+        ("first_word", "åsa"),
+        ("upper", "ÅSA"),
+    ]
+    with pytest.raises(MappingError, match="upper expects text"):
+        parse_transforms(["to_int", "upper"]).trace("7")
+
+
 def test_single_transform_without_list_and_none_spec() -> None:
     assert run("upper", "a") == "A"
     assert run({"join": "-"}, ["a", "b"]) == "a-b"
@@ -630,6 +641,9 @@ def test_spec_error_paths_and_prefixes() -> None:
         0,
         "join",
     )
+    from_generator = SpecError((k for k in ("a", 1)), "m")
+    assert from_generator.path == ("a", 1)
+    assert from_generator.args == (("a", 1), "m")
     assert format_key_path(()) == "(top level)"
     assert format_key_path([0, "a"]) == "[0].a"
     many = SpecErrors([SpecError(("a",), "one"), SpecError(("b",), "two")])

@@ -146,7 +146,7 @@ class SpecError(Exception):
     def __init__(self, path: Iterable[str | int], message: str) -> None:
         self.path: KeyPath = tuple(path)
         self.message = message
-        super().__init__(path, message)
+        super().__init__(self.path, message)
 
     def prefixed(self, prefix: Iterable[str | int]) -> SpecError:
         """The same error with ``prefix`` put in front of its key path."""
