@@ -19,13 +19,13 @@ from gateway.errors import ApiError, json_response
 from gateway.ingest import api
 from gateway.ingest.ratelimit import KeyedLimiter
 from gateway.ingest.validate import Limits
-from gateway.mapping.groups import GroupRegistry
+from gateway.mapping.loader import MappingRegistry, ReloadResult
 from gateway.store import open_store
 from gateway.store.base import Store, StoreError
 
 SETTINGS = web.AppKey("settings", Settings)
 STORE = web.AppKey("store", Store)
-GROUPS = web.AppKey("groups", GroupRegistry)
+MAPPINGS = web.AppKey("mappings", MappingRegistry)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -99,12 +99,15 @@ async def readyz(request: web.Request) -> web.Response:
         checks["store"] = {"status": "ok"}
     except StoreError as exc:
         checks["store"] = {"status": "failing", "detail": str(exc)}
-    groups = request.app[GROUPS]
-    groups.scan()
-    if groups.error:
-        checks["mappings"] = {"status": "failing", "detail": groups.error}
+    mappings = request.app[MAPPINGS]
+    if mappings.error:
+        checks["mappings"] = {"status": "failing", "detail": mappings.error}
     else:
-        checks["mappings"] = {"status": "ok", "detail": f"{len(groups)} groups"}
+        checks["mappings"] = {"status": "ok", "detail": f"{len(mappings)} groups"}
+        problems = mappings.all_problems()
+        if problems:
+            # A bad file leaves its previous version live: ready, but the operator must see it.
+            checks["mappings"]["errors"] = [str(p) for p in problems]
     ready = all(c["status"] == "ok" for c in checks.values())
     return json_response(
         {"status": "ready" if ready else "not_ready", "checks": checks},
@@ -133,20 +136,20 @@ def create_app(settings: Settings, store: Store | None = None) -> web.Applicatio
     master = load_master_key(
         settings.data_dir, settings.master_key.get_secret_value() if settings.master_key else None
     )
-    groups = GroupRegistry(settings.mappings)
+    mappings = MappingRegistry(settings.mappings)
     app = web.Application(
         middlewares=[envelope_and_log],
         client_max_size=max(settings.max_body_bytes, settings.max_batch_bytes),
     )
     app[SETTINGS] = settings
     app[STORE] = the_store
-    app[GROUPS] = groups
+    app[MAPPINGS] = mappings
     app[api.INGEST] = api.Ingest(
         store=the_store,
         keys=KeyRing(the_store, SecretBox(master), ttl=settings.key_cache_ttl),
         verifier=SigV4Verifier(settings.region, settings.service, clock_skew=settings.clock_skew),
         limiter=KeyedLimiter(settings.rate_limit, settings.rate_burst),
-        groups=groups,
+        mappings=mappings,
         limits=Limits(
             max_attributes=settings.max_attributes,
             max_key_length=settings.max_key_length,
@@ -170,9 +173,9 @@ def create_app(settings: Settings, store: Store | None = None) -> web.Applicatio
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     store = app[STORE]
     await store.open()
-    app[GROUPS].scan()
-    housekeeping = asyncio.create_task(_housekeeping(store))
-    logs.log("started", groups=len(app[GROUPS]))
+    _log_reload(app[MAPPINGS].reload())
+    housekeeping = asyncio.create_task(_housekeeping(store, app[MAPPINGS]))
+    logs.log("started", groups=len(app[MAPPINGS]))
     yield
     housekeeping.cancel()
     with contextlib.suppress(asyncio.CancelledError):
@@ -183,12 +186,25 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     logs.flush()
 
 
-async def _housekeeping(store: Store) -> None:
-    """Periodic chores: flush logs, purge expired idempotency entries."""
+def _log_reload(result: ReloadResult) -> None:
+    if result.loaded or result.removed:
+        logs.log(
+            "mappings_loaded",
+            loaded=len(result.loaded),
+            removed=result.removed,
+            seconds=round(result.seconds, 3),
+        )
+    for file, problems in result.failed.items():
+        logs.log("mapping_invalid", "warning", file=file, errors=[str(p) for p in problems])
+
+
+async def _housekeeping(store: Store, mappings: MappingRegistry) -> None:
+    """Periodic chores: flush logs, pick up mapping changes, purge expired idempotency entries."""
     last_purge = 0.0
     while True:
         await asyncio.sleep(1.0)
         logs.flush()
+        _log_reload(await asyncio.to_thread(mappings.reload))
         now = time.time()
         if now - last_purge > 300:
             last_purge = now

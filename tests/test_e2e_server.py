@@ -205,7 +205,10 @@ def test_real_signers_are_accepted_and_records_stored(gw: GatewayProcess) -> Non
         rec = _get_record(gw, rid, key, secret)
         assert rec["group_key"] == "demo"
         assert rec["data"] == {"via": via}, via
-        assert rec["deliveries"] == []
+        # The demo mapping sends every record to its file integration: one pending delivery.
+        assert [(d["integration"], d["state"]) for d in rec["deliveries"]] == [
+            ("local_file", "pending")
+        ]
     assert set(ids.values()) <= _stored_ids(gw)
 
 

@@ -23,7 +23,7 @@ from gateway.ids import delivery_id, record_id
 from gateway.ingest import idempotency
 from gateway.ingest.ratelimit import KeyedLimiter
 from gateway.ingest.validate import Limits, validate_record
-from gateway.mapping.groups import GroupRegistry
+from gateway.mapping.loader import MappingRegistry
 from gateway.store.base import (
     Delivery,
     IngestWrite,
@@ -42,7 +42,7 @@ class Ingest:
     keys: KeyRing
     verifier: SigV4Verifier
     limiter: KeyedLimiter
-    groups: GroupRegistry
+    mappings: MappingRegistry
     limits: Limits
     max_body_bytes: int
     max_batch_bytes: int
@@ -119,7 +119,7 @@ def _check_record(
         )
     if errors or group_key is None:
         raise ApiError(422, "INVALID_DATA", "the record is not valid", errors=errors)
-    mapping = ing.groups.get(group_key)
+    mapping = ing.mappings.get(group_key)
     if mapping is None:
         raise ApiError(
             422,

@@ -21,7 +21,7 @@ from gateway.integrations.base import Action, IntegrationType, Param, get_type
 from gateway.mapping import secrets
 from gateway.mapping.conditions import Condition, parse_condition
 from gateway.mapping.errors import ErrorCollector, MappingError, SpecError, SpecErrors
-from gateway.mapping.fieldtypes import coerce
+from gateway.mapping.fieldtypes import Coercer, make_coercer
 from gateway.mapping.options import DeliveryOptions
 from gateway.mapping.sources import MISSING, Source, parse_source
 
@@ -62,6 +62,7 @@ class MappedField:
     name: str
     type: str
     source: Source
+    coerce: Coercer
 
 
 @dataclass(slots=True)
@@ -90,8 +91,7 @@ class CompiledIntegration:
                 value = f.source.evaluate(data)
                 if value is MISSING:
                     continue
-                if f.type != "any":
-                    value = coerce(value, f.type, field=f.name, source=f.source.label)
+                value = f.coerce(value)
             except MappingError as exc:
                 raise exc.with_context(
                     field=f.name, source=f.source.label, integration=self.name
@@ -235,7 +235,8 @@ def _compile_entry(
             continue
         source = errors.collect(parse_source, spec, (*base, "fields", name))
         if source is not None:
-            fields.append(MappedField(name, declared.type, source))
+            coercer = make_coercer(declared.type, declared.format)
+            fields.append(MappedField(name, declared.type, source, coercer))
     for f in action.fields:
         if f.required and f.name not in entry.fields:
             errors.add((*base, "fields", f.name), "required field is not mapped")
