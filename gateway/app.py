@@ -12,6 +12,7 @@ from importlib import resources
 from aiohttp import web
 
 from gateway import logs
+from gateway.admin import api as admin
 from gateway.auth.keys import KeyRing, SecretBox, load_master_key
 from gateway.auth.sigv4 import SigV4Verifier
 from gateway.config import Settings
@@ -163,6 +164,7 @@ def create_app(settings: Settings, store: Store | None = None) -> web.Applicatio
         signature_ttl=2 * settings.clock_skew,
     )
     api.add_routes(app)
+    admin.add_routes(app, settings.admin_token.get_secret_value() if settings.admin_token else None)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/openapi.json", openapi)

@@ -24,7 +24,7 @@ DEMO_RECORD = {"epost": "john.doe@example.com", "namn": "John Doe", "some_tags":
 # Options every command that touches the store takes.
 STORE_OPTIONS = ("data_dir", "mappings", "store", "sqlite_synchronous")
 # Never offered as a flag: a secret on the command line shows in `ps` and shell history.
-ENV_ONLY = {"master_key"}
+ENV_ONLY = {"master_key", "admin_token"}
 
 
 def _add_settings_flags(parser: argparse.ArgumentParser, names: Sequence[str]) -> None:

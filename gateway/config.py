@@ -40,6 +40,9 @@ class Settings(BaseModel):
         None,
         description="Key that encrypts access-key secrets at rest; default: DATA_DIR/master.key.",
     )
+    admin_token: SecretStr | None = Field(
+        None, description="Bearer token of the admin API (/admin/v1); unset: admin API off."
+    )
     max_body_bytes: int = Field(1 << 20, gt=0, description="Largest single-record request body.")
     max_batch_bytes: int = Field(5 << 20, gt=0, description="Largest batch request body.")
     max_batch_records: int = Field(1000, gt=0, description="Most records in one batch.")
