@@ -101,8 +101,9 @@ async def readyz(request: web.Request) -> web.Response:
     except StoreError as exc:
         checks["store"] = {"status": "failing", "detail": str(exc)}
     mappings = request.app[MAPPINGS]
-    if mappings.error:
-        checks["mappings"] = {"status": "failing", "detail": mappings.error}
+    if mappings.error or not mappings.directory.is_dir():
+        detail = mappings.error or f"mappings directory {mappings.directory} is missing"
+        checks["mappings"] = {"status": "failing", "detail": detail}
     else:
         checks["mappings"] = {"status": "ok", "detail": f"{len(mappings)} groups"}
         problems = mappings.all_problems()
