@@ -29,7 +29,7 @@ class Principal:
 def sigv4_request(request: web.Request, body: bytes) -> SigV4Request:
     """The raw request as the verifier reads it: path still encoded, headers as sent."""
     path, _, query = request.raw_path.partition("?")
-    headers = [(k.decode("latin-1"), v.decode("utf-8", "replace")) for k, v in request.raw_headers]
+    headers = list(request.headers.items())
     return SigV4Request(request.method, path, query, headers, body)
 
 

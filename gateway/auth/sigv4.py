@@ -30,7 +30,6 @@ ALGORITHM = "AWS4-HMAC-SHA256"
 UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
 MAX_PRESIGNED_EXPIRES = 7 * 24 * 3600
 _DATE_RE = re.compile(r"^\d{8}T\d{6}Z$")
-_SPACES = re.compile(r"\s+")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _UNRESERVED = "-_.~"
 
@@ -123,7 +122,7 @@ def header_map(headers: list[tuple[str, str]]) -> dict[str, str]:
     out: dict[str, str] = {}
     for name, value in headers:
         key = name.strip().lower()
-        value = _SPACES.sub(" ", value.strip())
+        value = " ".join(value.split())  # trim, and collapse inner runs of white space
         out[key] = f"{out[key]},{value}" if key in out else value
     return out
 
@@ -184,7 +183,12 @@ def signing_key(secret: str, scope_date: str, region: str, service: str) -> byte
 
 
 def _epoch(date: str) -> float:
-    return float(calendar.timegm(time.strptime(date, "%Y%m%dT%H%M%SZ")))
+    # Slicing beats strptime by an order of magnitude; _DATE_RE has checked the shape.
+    fields = (date[0:4], date[4:6], date[6:8], date[9:11], date[11:13], date[13:15])
+    year, month, day, hour, minute, second = map(int, fields)
+    if not (1 <= month <= 12 and 1 <= day <= 31 and hour < 24 and minute < 60 and second < 61):
+        raise _incomplete(f"X-Amz-Date is not a valid date: '{date}'.")
+    return float(calendar.timegm((year, month, day, hour, minute, second, 0, 0, 0)))
 
 
 def _fmt(ts: float) -> str:
