@@ -13,7 +13,7 @@ from aiohttp import web
 
 from gateway import logs
 from gateway.admin import api as admin
-from gateway.auth.keys import KeyRing, SecretBox, load_master_key
+from gateway.auth.keys import KeyRing, MasterKeyError, SecretBox, load_master_key
 from gateway.auth.sigv4 import SigV4Verifier
 from gateway.config import Settings
 from gateway.errors import ApiError, json_response
@@ -176,6 +176,11 @@ def create_app(settings: Settings, store: Store | None = None) -> web.Applicatio
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     store = app[STORE]
     await store.open()
+    try:
+        await app[api.INGEST].keys.check_master_key()
+    except MasterKeyError:
+        await store.close()
+        raise
     _log_reload(app[MAPPINGS].reload())
     housekeeping = asyncio.create_task(_housekeeping(store, app[MAPPINGS]))
     logs.log("started", groups=len(app[MAPPINGS]))

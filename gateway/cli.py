@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from gateway.auth.keys import MasterKeyError
 from gateway.config import Settings, SettingsError, env_name, load_settings
 
 DEMO_RECORD = {"epost": "john.doe@example.com", "namn": "John Doe", "some_tags": ["TAG1", "TAG2"]}
@@ -392,6 +393,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         for problem in exc.problems:
             print(f"error: {problem}", file=sys.stderr)
+        return 2
+    except MasterKeyError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

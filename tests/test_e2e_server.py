@@ -347,3 +347,12 @@ def test_request_log_lines_carry_ids_and_no_secrets_or_data(gw: GatewayProcess) 
     assert secret not in text
     assert "john.doe@example.com" not in text
     assert "Signature=" not in text
+
+
+def test_wrong_master_key_stops_the_server_with_a_clear_message(gw: GatewayProcess) -> None:
+    gw.create_key("demo")  # encrypted under the key file made in the data directory
+    gw.env["GATEWAY_MASTER_KEY"] = "a different master key entirely"
+    with pytest.raises(RuntimeError, match="master key is not the one"):
+        gw.start()
+    assert gw.proc is not None
+    assert gw.proc.returncode != 0

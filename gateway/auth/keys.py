@@ -162,6 +162,16 @@ class KeyRing:
         self._max = max_entries
         self._cache: dict[str, tuple[float, ActiveKey | None]] = {}
 
+    async def check_master_key(self) -> None:
+        """Raise :class:`MasterKeyError` unless the master key decrypts a stored secret.
+
+        Run at start-up: a wrong master key must stop the server with a clear message rather
+        than fail every request later.
+        """
+        keys = await self._store.list_access_keys()
+        if keys:
+            self._box.decrypt(keys[0].access_key_id, keys[0].secret_ciphertext)
+
     async def get(self, access_key_id: str) -> ActiveKey | None:
         """The key (possibly revoked), or None when there is no such key."""
         now = time.monotonic()
