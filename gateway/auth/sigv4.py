@@ -74,7 +74,7 @@ _ISO_DATE = re.compile(r"(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})(\d{2})Z", re.ASCII
 _SIGNATURE = re.compile(r"[0-9a-fA-F]{64}", re.ASCII)
 _EXPIRES = re.compile(r"-?\d{1,12}", re.ASCII)  # bounded, so int() never meets a huge number
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9a-z-]+|:authority", re.ASCII)  # lower-case tokens
-_MAX_ECHO = 200  # how much of a client's own input an error message quotes back
+_MAX_ECHO = 512  # how much of a client's own input an error message quotes back
 _LATEST = 253402300799  # 9999-12-31T23:59:59Z: beyond it strftime cannot format a date
 
 
