@@ -29,6 +29,12 @@ sys.path.insert(0, str(HERE.parent))
 from tests.gateway_proc import GatewayProcess, free_port  # noqa: E402
 from tests.signing import sign  # noqa: E402
 
+STAGES = {
+    "respond": "gateway app + middleware + request log, handler answers at once",
+    "auth": "+ body read, SigV4 verification, key lookup, rate limit",
+    "validate": "+ JSON, idempotency keys, validation, fan-out (no store)",
+}
+
 
 def ensure_wrk() -> str:
     """Path of wrk, installing Debian's package if it is missing."""
@@ -119,6 +125,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="wrk threads")
     ap.add_argument("--batch-size", type=int, default=100)
     ap.add_argument("--synchronous", default="FULL", choices=["FULL", "NORMAL"])
+    ap.add_argument(
+        "--ladder",
+        action="store_true",
+        help="also run the gateway cut short at each stage (bench/stage_server.py) to show "
+        "where the time goes",
+    )
     args = ap.parse_args()
     wrk = ensure_wrk()
     results: dict[str, dict] = {}
@@ -170,6 +182,23 @@ def main() -> None:
         finally:
             bare.terminate()
             bare.wait()
+        if args.ladder:
+            for stage in STAGES:
+                gw.command = [sys.executable, str(HERE / "stage_server.py"), stage]
+                gw.start()
+                try:
+                    results[f"stage:{stage}"] = run_wrk(
+                        wrk,
+                        gw.url,
+                        "/v1/records",
+                        single,
+                        args.threads,
+                        args.connections,
+                        args.duration,
+                    )
+                finally:
+                    gw.stop()
+            gw.command = [sys.executable, "-m", "gateway"]
         gw.start()
         try:
             results["single"] = run_wrk(
@@ -226,6 +255,11 @@ def report(args: argparse.Namespace, r: dict[str, dict]) -> None:
         _row("bare aiohttp handler (202)", r["bare"], 1),
         _row("gateway, single record", r["single"], 1),
         _row(f"gateway, batch of {args.batch_size}", r["batch"], args.batch_size),
+        *[
+            _row(f"stage `{st}`: {STAGES[st]}", r[f"stage:{st}"], 1)
+            for st in STAGES
+            if f"stage:{st}" in r
+        ],
         "",
         f"- single-record throughput / bare handler: **{single_ratio:.0%}** (target at least 60%)",
         f"- batch records/s / single records/s: **{batch_ratio:.1f}x** (target at least 10x)",

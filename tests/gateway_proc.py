@@ -49,6 +49,7 @@ class GatewayProcess:
             "GATEWAY_MASTER_KEY": "",
             **env,
         }
+        self.command = list(GATEWAY)  # what `start` runs, with "serve" appended
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = root / f"gateway-{self.port}.log"
 
@@ -82,7 +83,7 @@ class GatewayProcess:
         """Start serving and wait until /healthz answers."""
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - kept open for the process's life
         self.proc = subprocess.Popen(
-            [*GATEWAY, "serve", *extra],
+            [*self.command, "serve", *extra],
             env=self.env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
