@@ -17,6 +17,7 @@ from typing import Any
 from unittest import mock
 from urllib.parse import quote, urlsplit
 
+import orjson
 import pytest
 import requests
 from botocore.auth import SigV4Auth, SigV4QueryAuth
@@ -197,6 +198,25 @@ def test_botocore_with_a_date_header_instead_of_x_amz_date_is_accepted() -> None
         "Date must be in ISO-8601 'basic format'. Got 'yesterday'. "
         "See http://en.wikipedia.org/wiki/ISO_8601"
     )
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "1 Jan 99999999999999999999 00:00:00 GMT",  # timegm: OverflowError
+        "1 Jan 9999999999 00:00:00 GMT",  # timegm: OverflowError (another one)
+        "1 Jan 10000 00:00:00 GMT",  # timegm: ValueError
+        "31 Dec 9999 23:59:59 -2359",  # past the last date strftime can write
+        "Thu, 01 Jan 1970 00:00:00 +0001",  # before the epoch
+        "30 \udcff 2026 12:00:00 GMT",
+        "",
+    ],
+)
+def test_odd_date_headers_are_incomplete_signatures(value: str) -> None:
+    req = without_header(botocore(headers={**JSON, "Date": "placeholder"}), "Date")
+    err = refusal(with_header(req, "Date", value))
+    assert err.code == "INCOMPLETE_SIGNATURE"
+    orjson.dumps(err.message)  # printable, even with the undecodable byte
 
 
 def test_botocore_presigned_get_is_accepted() -> None:
