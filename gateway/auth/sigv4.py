@@ -218,8 +218,10 @@ def header_map(headers: list[tuple[str, str]]) -> dict[str, str]:
         # str.split() with no argument: what botocore's signer does, so values with tabs or
         # folded lines canonicalise the same on both sides.
         value = " ".join(value.split())
-        previous = out.get(key)
-        out[key] = value if previous is None else f"{previous},{value}"
+        if key in out:
+            out[key] += "," + value
+        else:
+            out[key] = value
     return out
 
 
