@@ -8,6 +8,7 @@ the access key id is the associated data, so a ciphertext cannot be moved to ano
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
 import secrets
@@ -146,11 +147,15 @@ async def create_key(
 
 
 class KeyRing:
-    """Access keys looked up in the store and cached for ``ttl`` seconds.
+    """Access keys looked up in the store and cached.
 
-    Unknown ids are cached too, so a flood of bad ids does not become a flood of store reads.
-    The TTL bounds how long a revocation made by another process (``gateway keys revoke``)
-    takes to reach this one.
+    An entry younger than ``ttl`` is used as is. An older one is still used while a single
+    background refresh reads the store again, so the hot path never waits for the store and a
+    crowd of requests arriving as an entry expires causes one read, not one each. Only a key
+    never seen (or not seen for ``2 * ttl``) is awaited, again one read per key however many
+    requests want it. A revocation made by another process (``gateway keys revoke``) therefore
+    takes effect within about ``ttl`` seconds. Unknown ids are cached too, so a flood of bad
+    ids does not become a flood of store reads.
     """
 
     def __init__(
@@ -160,7 +165,8 @@ class KeyRing:
         self._box = box
         self._ttl = ttl
         self._max = max_entries
-        self._cache: dict[str, tuple[float, ActiveKey | None]] = {}
+        self._cache: dict[str, tuple[float, ActiveKey | None]] = {}  # id -> (fetched, key)
+        self._inflight: dict[str, asyncio.Future[ActiveKey | None]] = {}
 
     async def check_master_key(self) -> None:
         """Raise :class:`MasterKeyError` unless the master key decrypts a stored secret.
@@ -174,10 +180,29 @@ class KeyRing:
 
     async def get(self, access_key_id: str) -> ActiveKey | None:
         """The key (possibly revoked), or None when there is no such key."""
-        now = time.monotonic()
         hit = self._cache.get(access_key_id)
-        if hit is not None and hit[0] > now:
-            return hit[1]
+        if hit is not None:
+            age = time.monotonic() - hit[0]
+            if age < self._ttl:
+                return hit[1]
+            if age < 2 * self._ttl:
+                self._refresh(access_key_id)
+                return hit[1]
+        return await self._refresh(access_key_id)
+
+    def _refresh(self, access_key_id: str) -> asyncio.Future[ActiveKey | None]:
+        """The in-flight read of ``access_key_id``, started if none is running."""
+        fut = self._inflight.get(access_key_id)
+        if fut is None:
+            fut = asyncio.ensure_future(self._load(access_key_id))
+            self._inflight[access_key_id] = fut
+            fut.add_done_callback(lambda _: self._inflight.pop(access_key_id, None))
+            # A background refresh nobody awaits must not log "exception never retrieved".
+            fut.add_done_callback(lambda f: f.cancelled() or f.exception())
+        return fut
+
+    async def _load(self, access_key_id: str) -> ActiveKey | None:
+        fetched = time.monotonic()
         stored = await self._store.get_access_key(access_key_id)
         key = None
         if stored is not None:
@@ -191,5 +216,5 @@ class KeyRing:
             )
         if len(self._cache) >= self._max:
             self._cache.clear()
-        self._cache[access_key_id] = (now + self._ttl, key)
+        self._cache[access_key_id] = (fetched, key)
         return key
