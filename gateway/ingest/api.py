@@ -150,6 +150,15 @@ def _new_record(
     )
 
 
+def _store_unavailable(exc: StoreUnavailable) -> ApiError:
+    return ApiError(
+        503,
+        "STORE_UNAVAILABLE",
+        f"The store is unavailable: {exc}",
+        headers={"Retry-After": "5"},
+    )
+
+
 async def _commit(
     ing: Ingest,
     request: web.Request,
@@ -176,12 +185,7 @@ async def _commit(
             headers={"Retry-After": "1"},
         ) from None
     except StoreUnavailable as exc:
-        raise ApiError(
-            503,
-            "STORE_UNAVAILABLE",
-            f"The store is unavailable: {exc}",
-            headers={"Retry-After": "5"},
-        ) from None
+        raise _store_unavailable(exc) from None
     if not result.committed:
         assert result.replay is not None
         return idempotency.replay_response(result.replay, req_hash)
@@ -291,12 +295,7 @@ async def get_record(request: web.Request) -> web.Response:
     try:
         rec = await ing.store.get_record(rid)
     except StoreUnavailable as exc:
-        raise ApiError(
-            503,
-            "STORE_UNAVAILABLE",
-            f"The store is unavailable: {exc}",
-            headers={"Retry-After": "5"},
-        ) from None
+        raise _store_unavailable(exc) from None
     # A record of a group the key may not see is answered as absent, so ids cannot be probed.
     if rec is None or rec.group_key not in principal.key.groups:
         raise ApiError(404, "RECORD_NOT_FOUND", f"No record with id '{rid}'")

@@ -33,9 +33,10 @@ import functools
 import math
 from collections.abc import Callable
 from datetime import UTC
-from typing import Any
+from typing import Any, get_args
 from urllib.parse import urlsplit
 
+from gateway.integrations.base import FieldType
 from gateway.mapping.errors import MappingError
 from gateway.mapping.sources import MISSING
 from gateway.mapping.transforms import (
@@ -51,18 +52,8 @@ from gateway.mapping.transforms import (
     text_of,
 )
 
-FIELD_TYPES = (
-    "any",
-    "string",
-    "integer",
-    "number",
-    "boolean",
-    "datetime",
-    "email",
-    "e164",
-    "uri",
-    "list_of_strings",
-)
+# One list of field types: the declarations' own.
+FIELD_TYPES: tuple[str, ...] = get_args(FieldType)
 
 Coercer = Callable[[Any], Any]
 
