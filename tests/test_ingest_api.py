@@ -427,3 +427,19 @@ async def test_readyz_reports_a_missing_mappings_directory(api: Api, tmp_path: P
     body = await r.json()
     assert body["checks"]["mappings"]["status"] == "failing"
     assert body["checks"]["store"]["status"] == "ok"
+
+
+async def test_group_whose_only_mapping_file_is_broken_is_refused_saying_so(
+    api: Api, tmp_path: Path
+) -> None:
+    from gateway.app import MAPPINGS
+
+    (tmp_path / "mappings" / "broken.yaml").write_text("group_key: broken\nintegrations: 3\n")
+    api.app[MAPPINGS].reload()
+    key, secret = await api.key("broken")
+    r = await api.send("POST", "/v1/records", record("broken"), JSON, key=key, secret=secret)
+    err = await error_of(r)
+    assert (r.status, err["code"]) == (422, "UNKNOWN_GROUP")
+    assert "mapping file has errors" in err["message"]
+    r = await api.client.get("/readyz")
+    assert any("broken.yaml" in e for e in (await r.json())["checks"]["mappings"]["errors"])

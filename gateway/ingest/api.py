@@ -121,6 +121,14 @@ def _check_record(
         raise ApiError(422, "INVALID_DATA", "the record is not valid", errors=errors)
     mapping = ing.mappings.get(group_key)
     if mapping is None:
+        if ing.mappings.problems_of(group_key):
+            raise ApiError(
+                422,
+                "UNKNOWN_GROUP",
+                f"Group '{group_key}' is not live: its mapping file has errors (the operator "
+                "sees them in /readyz and `gateway check`)",
+                errors=[{"field": "group_key", "message": "mapping file has errors"}],
+            )
         raise ApiError(
             422,
             "UNKNOWN_GROUP",

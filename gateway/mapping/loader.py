@@ -111,6 +111,10 @@ class MappingRegistry:
         """The group's live mapping, or None when the group does not exist."""
         return self._live.get(group_key)
 
+    def problems_of(self, group_key: str) -> list[Problem]:
+        """Problems of the group's file when its latest version failed to load."""
+        return self.problems.get(str(self.directory / f"{group_key}.yaml"), [])
+
     def groups(self) -> list[str]:
         """Every live group key, sorted."""
         return sorted(self._live)
