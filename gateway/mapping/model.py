@@ -169,23 +169,41 @@ def compile_mapping(
     expected_group: str | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> CompiledMapping:
-    """Validate and compile a parsed mapping file; raise :class:`SpecErrors` with every error."""
+    """Validate and compile a parsed mapping file; raise :class:`SpecErrors` with every error.
+
+    Each integration entry is validated on its own, so a shape error in one entry does not
+    hide the errors of the others.
+    """
     if not isinstance(data, dict):
         raise SpecErrors([SpecError((), "a mapping file is a YAML mapping with group_key")])
-    try:
-        spec = MappingSpec.model_validate(data)
-    except ValidationError as exc:
-        raise SpecErrors(_pydantic_errors(exc)) from None
     errors = ErrorCollector()
-    if expected_group is not None and spec.group_key != expected_group:
+    entries = data.get("integrations", [])
+    try:
+        spec = MappingSpec.model_validate({**data, "integrations": []})
+    except ValidationError as exc:
+        errors.extend(_pydantic_errors(exc))
+        spec = None
+    if not isinstance(entries, list):
+        errors.add(("integrations",), "must be a list of integration entries")
+        entries = []
+    if spec is not None and expected_group is not None and spec.group_key != expected_group:
         errors.add(
             ("group_key",),
             f"must equal the file name: {expected_group!r}, not {spec.group_key!r}",
         )
-    compiled = CompiledMapping(spec.group_key, content_version(content), spec.description)
+    compiled = CompiledMapping(
+        spec.group_key if spec else str(data.get("group_key")),
+        content_version(content),
+        spec.description if spec else None,
+    )
     seen: set[str] = set()
-    for i, entry in enumerate(spec.integrations):
+    for i, raw in enumerate(entries):
         base: tuple[str | int, ...] = ("integrations", i)
+        try:
+            entry = EntrySpec.model_validate(raw)
+        except ValidationError as exc:
+            errors.extend(e.prefixed(base) for e in _pydantic_errors(exc))
+            continue
         if entry.name in seen:
             errors.add((*base, "name"), f"duplicate integration name {entry.name!r}")
         seen.add(entry.name)
