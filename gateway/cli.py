@@ -288,6 +288,49 @@ def cmd_send(args: argparse.Namespace) -> int:
     return 0 if 200 <= status < 300 else 1
 
 
+# -- check ---------------------------------------------------------------------------------
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """Validate every mapping file; list every problem; exit 1 if there is any."""
+    from pathlib import Path
+
+    from gateway.mapping.loader import MappingRegistry
+
+    directory = Path(args.dir) if args.dir else _settings(args).mappings
+    registry = MappingRegistry(directory)
+    result = registry.reload()
+    problems = registry.all_problems()
+    if registry.error:
+        problems_json = [
+            {"file": str(directory), "line": None, "path": "(directory)", "message": registry.error}
+        ]
+    else:
+        problems_json = [p.to_dict() for p in problems]
+    integrations = sum(len(m.integrations) for g in registry.groups() if (m := registry.get(g)))
+    if args.json:
+        _print_json(
+            {
+                "ok": not problems_json,
+                "groups": len(registry),
+                "integrations": integrations,
+                "problems": problems_json,
+            }
+        )
+    else:
+        for p in problems_json:
+            where = f"{p['file']}:{p['line']}" if p["line"] else p["file"]
+            print(f"{where}: {p['path']}: {p['message']}")
+        files = len(result.loaded) + len(result.failed)
+        if problems_json:
+            print(
+                f"{len(problems_json)} problem(s) in {len(result.failed) or 1} of {files} file(s)"
+            )
+        else:
+            print(f"ok: {len(registry)} group(s), {integrations} integration(s) in {directory}")
+    return 1 if problems_json else 0
+
+
 # -- integrations --------------------------------------------------------------------------
 
 
@@ -369,6 +412,16 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--json", action="store_true", help="print JSON: {status, body}")
     _add_settings_flags(send, ["region", "service"])
     send.set_defaults(func=cmd_send)
+    check = sub.add_parser(
+        "check", help="validate every mapping file", description=cmd_check.__doc__
+    )
+    check.add_argument(
+        "dir", nargs="?", metavar="DIR", help="mappings directory [GATEWAY_MAPPINGS]"
+    )
+    check.add_argument("--json", action="store_true", help="print JSON")
+    check.set_defaults(func=cmd_check)
+    _add_settings_flags(check, ["mappings"])
+
     integ = sub.add_parser(
         "integrations",
         help="print the catalog of integration types",

@@ -154,3 +154,24 @@ def test_repository_mappings_are_valid() -> None:
     result = reg.reload()
     assert result.failed == {}
     assert "demo" in result.loaded
+
+
+def test_check_command_exit_codes_and_output(tmp_path: Path, capsys) -> None:
+    import json
+
+    from gateway.cli import main
+
+    write(tmp_path, "shop", GOOD)
+    assert main(["check", str(tmp_path)]) == 0
+    assert "ok: 1 group(s), 2 integration(s)" in capsys.readouterr().out
+    write(tmp_path, "broken", BAD.replace("group_key: other", "group_key: broken"))
+    assert main(["check", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert f"{tmp_path / 'broken.yaml'}:4: integrations[0].type: unknown integration type" in out
+    assert main(["check", str(tmp_path), "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] is False
+    assert report["groups"] == 1
+    assert {p["file"] for p in report["problems"]} == {str(tmp_path / "broken.yaml")}
+    assert main(["check", str(tmp_path / "missing")]) == 1
+    assert "cannot read mappings directory" in capsys.readouterr().out
