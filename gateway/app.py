@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import time
 import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -20,13 +21,15 @@ from gateway.errors import ApiError, json_response
 from gateway.ingest import api
 from gateway.ingest.ratelimit import KeyedLimiter
 from gateway.ingest.validate import Limits
-from gateway.mapping.loader import MappingRegistry, ReloadResult
+from gateway.mapping.loader import MappingRegistry
+from gateway.mapping.watch import MappingReloader
 from gateway.store import open_store
 from gateway.store.base import Store, StoreError
 
 SETTINGS = web.AppKey("settings", Settings)
 STORE = web.AppKey("store", Store)
 MAPPINGS = web.AppKey("mappings", MappingRegistry)
+RELOADER = web.AppKey("reloader", MappingReloader)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -146,6 +149,7 @@ def create_app(settings: Settings, store: Store | None = None) -> web.Applicatio
     app[SETTINGS] = settings
     app[STORE] = the_store
     app[MAPPINGS] = mappings
+    app[RELOADER] = MappingReloader(mappings)
     app[api.INGEST] = api.Ingest(
         store=the_store,
         keys=KeyRing(the_store, SecretBox(master), ttl=settings.key_cache_ttl),
@@ -181,10 +185,20 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     except MasterKeyError:
         await store.close()
         raise
-    _log_reload(app[MAPPINGS].reload())
-    housekeeping = asyncio.create_task(_housekeeping(store, app[MAPPINGS]))
+    reloader = app[RELOADER]
+    await reloader.reload("start")
+    housekeeping = asyncio.create_task(_housekeeping(store))
+    watcher = asyncio.create_task(reloader.watch())
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(NotImplementedError, RuntimeError):  # no signals off the main thread
+        loop.add_signal_handler(signal.SIGHUP, reloader.reload_soon, "SIGHUP")
     logs.log("started", groups=len(app[MAPPINGS]))
     yield
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        loop.remove_signal_handler(signal.SIGHUP)
+    watcher.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await watcher
     housekeeping.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await housekeeping
@@ -194,25 +208,12 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     logs.flush()
 
 
-def _log_reload(result: ReloadResult) -> None:
-    if result.loaded or result.removed:
-        logs.log(
-            "mappings_loaded",
-            loaded=len(result.loaded),
-            removed=result.removed,
-            seconds=round(result.seconds, 3),
-        )
-    for file, problems in result.failed.items():
-        logs.log("mapping_invalid", "warning", file=file, errors=[str(p) for p in problems])
-
-
-async def _housekeeping(store: Store, mappings: MappingRegistry) -> None:
-    """Periodic chores: flush logs, pick up mapping changes, purge expired idempotency entries."""
+async def _housekeeping(store: Store) -> None:
+    """Periodic chores: flush logs, purge expired idempotency entries."""
     last_purge = 0.0
     while True:
         await asyncio.sleep(1.0)
         logs.flush()
-        _log_reload(await asyncio.to_thread(mappings.reload))
         now = time.time()
         if now - last_purge > 300:
             last_purge = now
