@@ -331,6 +331,52 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 1 if problems_json else 0
 
 
+# -- preview -------------------------------------------------------------------------------
+
+
+def cmd_preview(args: argparse.Namespace) -> int:
+    """Run a record through a group's mapping; print what each integration would get."""
+    from gateway.mapping.loader import MappingRegistry
+    from gateway.mapping.preview import preview
+
+    try:
+        data = json.loads(args.data)
+    except json.JSONDecodeError as exc:
+        print(f"error: --data is not valid JSON: {exc}", file=sys.stderr)
+        return 2
+    registry = MappingRegistry(_settings(args).mappings)
+    registry.reload()
+    mapping = registry.get(args.group)
+    if mapping is None:
+        print(f"error: no live mapping for group {args.group!r}", file=sys.stderr)
+        for p in registry.problems_of(args.group):
+            print(f"  {p}", file=sys.stderr)
+        return 1
+    doc = preview(mapping, data)
+    if args.json:
+        _print_json(doc)
+        return 0
+    print(f"group {doc['group_key']} (version {doc['version']})")
+    for e in doc["data_errors"]:
+        print(f"  data error: {e['field']}: {e['message']}")
+    for i in doc["integrations"]:
+        state = "disabled" if not i["enabled"] else "matched" if i["matched"] else "not matched"
+        print(f"\n{i['name']} ({i['type']}.{i['action']}): {state}")
+        if "error" in i:
+            print(
+                f"  mapping error: {i['error']['message']} (field {i['error']['field']}, "
+                f"source {i['error']['source']}, value {i['error']['value']})"
+            )
+        for k, v in i.get("fields", {}).items():
+            print(f"  {k} = {json.dumps(v, ensure_ascii=False)}")
+        for r in i.get("requests", []):
+            print(f"  {r['method']} {r['url']}")
+            for hk, hv in r["headers"].items():
+                print(f"    {hk}: {hv}")
+            print(f"    {json.dumps(r['body'], ensure_ascii=False)}")
+    return 0
+
+
 # -- integrations --------------------------------------------------------------------------
 
 
@@ -421,6 +467,17 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--json", action="store_true", help="print JSON")
     check.set_defaults(func=cmd_check)
     _add_settings_flags(check, ["mappings"])
+
+    prev = sub.add_parser(
+        "preview",
+        help="dry-run a record through a group's mapping",
+        description=cmd_preview.__doc__,
+    )
+    prev.add_argument("--group", required=True, help="the group key")
+    prev.add_argument("--data", required=True, help="the record's data as a JSON object")
+    prev.add_argument("--json", action="store_true", help="print JSON")
+    _add_settings_flags(prev, ["mappings"])
+    prev.set_defaults(func=cmd_preview)
 
     integ = sub.add_parser(
         "integrations",

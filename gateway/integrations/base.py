@@ -7,6 +7,7 @@ all read these declarations; nothing else describes a type.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -70,6 +71,22 @@ class Action:
         return Field(name, "any") if self.open_fields else None
 
 
+@dataclass(slots=True)
+class OutboundRequest:
+    """One request an integration would be sent: what the preview shows and delivery sends."""
+
+    method: str
+    url: str
+    headers: dict[str, str]
+    body: bytes
+    delivery_ids: list[str] = field(default_factory=list)
+
+
+# build(integration, [(delivery_id, mapped fields), ...], redact=...) -> requests.
+# ``integration`` is a gateway.mapping.model.CompiledIntegration (not imported: no cycle).
+Builder = Callable[..., list[OutboundRequest]]
+
+
 @dataclass(frozen=True, slots=True)
 class IntegrationType:
     """An integration type's declaration."""
@@ -80,6 +97,7 @@ class IntegrationType:
     settings: tuple[Param, ...] = ()
     actions: tuple[Action, ...] = ()
     default_options: dict[str, Any] = field(default_factory=dict)
+    build: Builder | None = None  # turns mapped records into requests
 
     def action(self, name: str | None) -> Action | None:
         """The named action; with no name, the only one (None when there are several)."""

@@ -2,7 +2,23 @@
 
 from __future__ import annotations
 
-from gateway.integrations.base import Action, IntegrationType, Param, register
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from gateway.integrations.base import Action, IntegrationType, OutboundRequest, Param, register
+
+
+def build(
+    integration: Any, batch: list[tuple[str, dict[str, Any]]], *, redact: bool = False
+) -> list[OutboundRequest]:
+    """One append of NDJSON lines per batch (method ``APPEND``, url ``file://<path>``)."""
+    conn = integration.connection.redacted() if redact else integration.connection.value
+    path = Path(str(conn["path"])).resolve()
+    body = b"".join(orjson.dumps(fields) + b"\n" for _, fields in batch)
+    return [OutboundRequest("APPEND", path.as_uri(), {}, body, [d for d, _ in batch])]
+
 
 FILE = register(
     IntegrationType(
@@ -24,5 +40,6 @@ FILE = register(
             ),
         ),
         default_options={"batch_size": 100, "concurrency": 1},
+        build=build,
     )
 )
