@@ -175,3 +175,14 @@ def test_check_command_exit_codes_and_output(tmp_path: Path, capsys) -> None:
     assert {p["file"] for p in report["problems"]} == {str(tmp_path / "broken.yaml")}
     assert main(["check", str(tmp_path / "missing")]) == 1
     assert "cannot read mappings directory" in capsys.readouterr().out
+
+
+def test_literal_secrets_in_auth_blocks_are_refused(tmp_path: Path) -> None:
+    text = GOOD.replace(
+        "      url: https://hooks.example.com/{email}\n",
+        "      url: https://hooks.example.com/{email}\n"
+        "      auth: {type: basic, username: u, password: hunter2}\n",
+    )
+    _, problems = load_file(write(tmp_path, "shop", text))
+    assert [(p.line, p.path) for p in problems] == [(9, "integrations[0].connection.auth.password")]
+    assert "must not be written in the file" in problems[0].message

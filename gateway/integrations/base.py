@@ -36,6 +36,7 @@ class Param:
     required: bool = False
     default: Any = None
     secret: bool = False  # must come from ${ENV} or ${file:...}; redacted in previews
+    secret_keys: tuple[str, ...] = ()  # keys of an object param that are secrets likewise
     choices: tuple[Any, ...] = ()
     example: Any = None
 

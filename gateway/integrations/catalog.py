@@ -71,6 +71,9 @@ def _params_table(params: tuple[Param, ...]) -> list[str]:
             desc += " One of: " + ", ".join(f"`{c}`" for c in p.choices) + "."
         if p.secret:
             desc += " Secret: give it as `${ENV_VAR}` or `${file:/path}`."
+        if p.secret_keys:
+            keys = ", ".join(f"`{k}`" for k in p.secret_keys)
+            desc += f" Secrets ({keys}) must be `${{ENV_VAR}}` or `${{file:/path}}` references."
         lines.append(
             f"| `{p.name}` | {p.type} | {'yes' if p.required else 'no'} | {default} | {desc} |"
         )

@@ -139,6 +139,15 @@ HTTP = register(
                 "Authentication: {type: none|bearer|basic|api_key|oauth2_client_credentials|"
                 "standard_webhooks|sigv4, ...its parameters}.",
                 example={"type": "bearer", "token": "${WEBHOOK_TOKEN}"},
+                secret_keys=(
+                    "token",
+                    "password",
+                    "value",
+                    "secret",
+                    "client_secret",
+                    "secret_access_key",
+                    "session_token",
+                ),
             ),
             Param("connect_timeout", "number", "Seconds to connect.", default=5),
             Param("read_timeout", "number", "Seconds to wait for the answer.", default=30),

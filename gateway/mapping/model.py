@@ -157,6 +157,13 @@ def _check_params(
                 (*path, p.name),
                 "a secret must not be written in the file: use ${ENV_VAR} or ${file:/path}",
             )
+        if p.secret_keys and isinstance(value, dict):
+            for key in p.secret_keys:
+                if key in value and not secrets.has_reference(value[key]):
+                    errors.add(
+                        (*path, p.name, key),
+                        "a secret must not be written in the file: use ${ENV_VAR} or ${file:/path}",
+                    )
         if p.choices and value not in p.choices:
             choices = ", ".join(map(str, p.choices))
             errors.add((*path, p.name), f"must be one of {choices}, not {value!r}")
