@@ -6,9 +6,16 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from gateway.store import open_store
 from gateway.store.base import Store
+
+# -- hypothesis -----------------------------------------------------------------------------
+# Property tests assert behaviour, not speed: on a shared, loaded CI machine a slow example must
+# not fail the run (timing is measured by bench/, never by tests).
+settings.register_profile("gateway", deadline=None)
+settings.load_profile("gateway")
 
 # -- store ----------------------------------------------------------------------------------
 # Every backend the store tests run against. A backend joins by adding its name here and a
