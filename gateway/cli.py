@@ -335,46 +335,69 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_preview(args: argparse.Namespace) -> int:
-    """Run a record through a group's mapping; print what each integration would get."""
+    """Run a record through a group's mapping and print, for each integration, whether its
+    condition matched, the mapped fields or the mapping error, and the request that would be
+    sent (secrets shown as ***). Nothing is sent or stored. Exit 1 when the group has no valid
+    mapping, the data would be refused, or an integration cannot map or build the record."""
     from gateway.mapping.loader import MappingRegistry
-    from gateway.mapping.preview import preview
+    from gateway.mapping.preview import limits_of, preview_group
 
     try:
         data = json.loads(args.data)
     except json.JSONDecodeError as exc:
         print(f"error: --data is not valid JSON: {exc}", file=sys.stderr)
         return 2
-    registry = MappingRegistry(_settings(args).mappings)
+    settings = _settings(args)
+    registry = MappingRegistry(settings.mappings)
     registry.reload()
-    mapping = registry.get(args.group)
-    if mapping is None:
-        print(f"error: no live mapping for group {args.group!r}", file=sys.stderr)
-        for p in registry.problems_of(args.group):
-            print(f"  {p}", file=sys.stderr)
+    if registry.error:
+        print(f"error: {registry.error}", file=sys.stderr)
         return 1
-    doc = preview(mapping, data)
+    doc = preview_group(registry, args.group, data, limits=limits_of(settings))
+    if doc is None:
+        problems = registry.problems_of(args.group)
+        if problems:
+            print(f"error: the mapping file of group {args.group!r} has errors:", file=sys.stderr)
+            for p in problems:
+                print(f"  {p}", file=sys.stderr)
+        else:
+            print(
+                f"error: no mapping for group {args.group!r} in {settings.mappings}",
+                file=sys.stderr,
+            )
+        return 1
+    failed = bool(doc["data_errors"]) or any("error" in i for i in doc["integrations"])
     if args.json:
         _print_json(doc)
-        return 0
-    print(f"group {doc['group_key']} (version {doc['version']})")
+        return 1 if failed else 0
+    print(f"group {doc['group_key']} (mapping version {doc['version']}); nothing is sent")
     for e in doc["data_errors"]:
         print(f"  data error: {e['field']}: {e['message']}")
     for i in doc["integrations"]:
         state = "disabled" if not i["enabled"] else "matched" if i["matched"] else "not matched"
-        print(f"\n{i['name']} ({i['type']}.{i['action']}): {state}")
+        print(f"\n{i['name']} ({i['type']}, {i['action']}): {state}")
         if "error" in i:
-            print(
-                f"  mapping error: {i['error']['message']} (field {i['error']['field']}, "
-                f"source {i['error']['source']}, value {i['error']['value']})"
+            e = i["error"]
+            where = ", ".join(
+                f"{k} {e[k]}" for k in ("field", "source", "value") if e.get(k) is not None
             )
-        for k, v in i.get("fields", {}).items():
-            print(f"  {k} = {json.dumps(v, ensure_ascii=False)}")
-        for r in i.get("requests", []):
-            print(f"  {r['method']} {r['url']}")
+            print(f"  error: {e['message']}" + (f" ({where})" if where else ""))
+        if "fields" in i:
+            print("  fields:")
+            for k, v in i["fields"].items():
+                print(f"    {k} = {json.dumps(v, ensure_ascii=False)}")
+        for r in [i["request"]] if "request" in i else i.get("requests", []):
+            print("  request:")
+            print(f"    {r['method']} {r['url']}")
             for hk, hv in r["headers"].items():
                 print(f"    {hk}: {hv}")
-            print(f"    {json.dumps(r['body'], ensure_ascii=False)}")
-    return 0
+            body = (
+                r["body"]
+                if isinstance(r["body"], str)
+                else json.dumps(r["body"], ensure_ascii=False)
+            )
+            print("    " + body.rstrip("\n").replace("\n", "\n    "))
+    return 1 if failed else 0
 
 
 # -- integrations --------------------------------------------------------------------------

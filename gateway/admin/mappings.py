@@ -52,12 +52,15 @@ async def list_groups(request: web.Request) -> web.Response:
 
 
 async def preview_record(request: web.Request) -> web.Response:
-    """``POST /admin/v1/preview`` ``{"group_key", "data"}``: the preview document."""
+    """``POST /admin/v1/preview`` ``{"group_key": G, "data": {...}}``: what each integration of
+    the group would get for the record (the document ``gateway preview --json`` prints);
+    nothing is sent or stored. 404 when the group has no live mapping (with its file's errors
+    when the file is broken)."""
     import orjson
 
-    from gateway.app import MAPPINGS
+    from gateway.app import MAPPINGS, SETTINGS
     from gateway.errors import ApiError
-    from gateway.mapping.preview import preview
+    from gateway.mapping.preview import limits_of, preview_group
 
     require_admin(request)
     try:
@@ -65,15 +68,30 @@ async def preview_record(request: web.Request) -> web.Response:
     except orjson.JSONDecodeError as exc:
         raise ApiError(400, "MALFORMED_JSON", f"request body is not valid JSON: {exc}") from None
     if not isinstance(body, dict) or not isinstance(body.get("group_key"), str):
-        raise ApiError(400, "INVALID_REQUEST", 'the body is {"group_key": ..., "data": {...}}')
-    mapping = request.app[MAPPINGS].get(body["group_key"])
-    if mapping is None:
-        raise ApiError(404, "UNKNOWN_GROUP", f"no live mapping for group {body['group_key']!r}")
-    return json_response(preview(mapping, body.get("data")))
+        raise ApiError(
+            400,
+            "INVALID_REQUEST",
+            'the body is {"group_key": "...", "data": {...}}',
+            errors=[{"field": "group_key", "message": "required, a string"}],
+        )
+    group = body["group_key"]
+    registry = request.app[MAPPINGS]
+    doc = preview_group(registry, group, body.get("data"), limits=limits_of(request.app[SETTINGS]))
+    if doc is None:
+        problems = registry.problems_of(group)
+        raise ApiError(
+            404,
+            "UNKNOWN_GROUP",
+            f"group {group!r} is not live: its mapping file has errors"
+            if problems
+            else f"no mapping for group {group!r}",
+            errors=[{"field": "group_key", "message": str(p)} for p in problems] or None,
+        )
+    return json_response(doc)
 
 
 def add_routes(app: web.Application) -> None:
-    """Register the mapping routes (``/admin/v1/groups``, ``/admin/v1/reload``)."""
+    """Register the mapping routes (groups, reload, preview)."""
     app.router.add_get("/admin/v1/groups", list_groups)
     app.router.add_post("/admin/v1/reload", reload_mappings)
     app.router.add_post("/admin/v1/preview", preview_record)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 ParamType = Literal["string", "integer", "number", "boolean", "url", "object", "list"]
 FieldType = Literal[
@@ -74,18 +74,64 @@ class Action:
 
 @dataclass(slots=True)
 class OutboundRequest:
-    """One request an integration would be sent: what the preview shows and delivery sends."""
+    """One request to an integration: what the preview shows and the delivery engine sends.
+
+    ``delivery_ids`` are the deliveries it carries, in body order (one for an object body, the
+    batch for an array body or an NDJSON append). ``secret_headers`` names the headers whose
+    values are credentials (``Authorization``, an API key header): previews hide them and logs
+    must never print them.
+    """
 
     method: str
     url: str
     headers: dict[str, str]
     body: bytes
     delivery_ids: list[str] = field(default_factory=list)
+    secret_headers: frozenset[str] = frozenset()
 
 
-# build(integration, [(delivery_id, mapped fields), ...], redact=...) -> requests.
-# ``integration`` is a gateway.mapping.model.CompiledIntegration (not imported: no cycle).
-Builder = Callable[..., list[OutboundRequest]]
+#: ``tokens(integration) -> access token``: where a builder gets an OAuth2 token. The delivery
+#: engine fetches and caches tokens (refreshing on expiry and once on a 401) and hands build a
+#: provider that reads its cache; previews pass one that answers ``***`` and fetch nothing.
+TokenProvider = Callable[[Any], str]
+
+
+class Builder(Protocol):
+    """``build(integration, batch) -> requests``: turn mapped records into requests.
+
+    ``integration`` is a :class:`gateway.mapping.model.CompiledIntegration` (not imported: no
+    cycle); ``batch`` is ``[(delivery_id, mapped fields), ...]``. Every record of the batch is
+    in exactly one request. ``now`` (epoch seconds) pins signing times (webhook timestamps,
+    SigV4 dates); ``None`` is the clock. Pure: no I/O. Raises :class:`BuildErrors` for records
+    that cannot become a request (e.g. a URL placeholder without a value).
+    """
+
+    def __call__(
+        self,
+        integration: Any,
+        batch: list[tuple[str, dict[str, Any]]],
+        *,
+        now: float | None = None,
+        tokens: TokenProvider | None = None,
+    ) -> list[OutboundRequest]: ...
+
+
+class BuildErrors(Exception):
+    """Records a builder could not turn into a request: ``{delivery_id: MappingError}``.
+
+    Each is a permanent failure of that delivery (like a mapping error); the caller drops
+    them from the batch and builds the rest again.
+    """
+
+    def __init__(self, errors: dict[str, Any]) -> None:
+        self.errors = errors
+        super().__init__("; ".join(f"{d}: {e}" for d, e in errors.items()))
+
+
+# Reading responses into per-delivery outcomes (delivered / retry at T / permanent, with the
+# reason; per entry where the integration answers per entry) comes with the delivery engine
+# (issue 4) as IntegrationType.read.
+Reader = Callable[..., Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +144,8 @@ class IntegrationType:
     settings: tuple[Param, ...] = ()
     actions: tuple[Action, ...] = ()
     default_options: dict[str, Any] = field(default_factory=dict)
-    build: Builder | None = None  # turns mapped records into requests
+    build: Builder | None = None  # mapped records -> requests (see Builder)
+    read: Reader | None = None  # responses -> per-delivery outcomes (delivery engine)
 
     def action(self, name: str | None) -> Action | None:
         """The named action; with no name, the only one (None when there are several)."""

@@ -2,22 +2,43 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from gateway.integrations.base import Action, IntegrationType, OutboundRequest, Param, register
+from gateway.integrations.base import (
+    Action,
+    IntegrationType,
+    OutboundRequest,
+    Param,
+    TokenProvider,
+    register,
+)
 
 
 def build(
-    integration: Any, batch: list[tuple[str, dict[str, Any]]], *, redact: bool = False
+    integration: Any,
+    batch: list[tuple[str, dict[str, Any]]],
+    *,
+    now: float | None = None,
+    tokens: TokenProvider | None = None,
 ) -> list[OutboundRequest]:
-    """One append of NDJSON lines per batch (method ``APPEND``, url ``file://<path>``)."""
-    conn = integration.connection.redacted() if redact else integration.connection.value
-    path = Path(str(conn["path"])).resolve()
+    """One append of the batch's NDJSON lines: method ``APPEND``, url ``file://<absolute
+    path>`` (a relative path is taken from the gateway's working directory), the lines as
+    body. The delivery engine writes and fsyncs; building touches no file."""
+    path = os.path.abspath(os.path.expanduser(str(integration.connection.value["path"])))
     body = b"".join(orjson.dumps(fields) + b"\n" for _, fields in batch)
-    return [OutboundRequest("APPEND", path.as_uri(), {}, body, [d for d, _ in batch])]
+    return [
+        OutboundRequest(
+            "APPEND",
+            Path(path).as_uri(),
+            {"Content-Type": "application/x-ndjson"},
+            body,
+            [d for d, _ in batch],
+        )
+    ]
 
 
 FILE = register(

@@ -1,8 +1,18 @@
-"""The ``http`` type: any HTTP endpoint, JSON body of the mapped fields."""
+"""The ``http`` type: any HTTP endpoint, JSON body of the mapped fields.
+
+``build`` makes the requests: the URL from ``connection.url`` with ``{field}`` placeholders
+filled from the record's mapped fields (each value percent-encoded), ``connection.method``,
+``settings.headers``, a JSON body (``settings.body``: ``object``, one record a request, or
+``array``, one request a batch), an ``Idempotency-Key`` from the delivery id, and the headers of
+``connection.auth``. Sending, retries and reading the answers belong to the delivery engine.
+"""
 
 from __future__ import annotations
 
 import base64
+import binascii
+import datetime as dt
+import functools
 import hashlib
 import hmac
 import re
@@ -12,106 +22,237 @@ from urllib.parse import quote
 
 import orjson
 
-from gateway.integrations.base import Action, IntegrationType, OutboundRequest, Param, register
-from gateway.mapping.secrets import REDACTED
+from gateway.integrations.base import (
+    Action,
+    BuildErrors,
+    IntegrationType,
+    OutboundRequest,
+    Param,
+    TokenProvider,
+    register,
+)
+from gateway.mapping.errors import MappingError
 
 _PLACEHOLDER = re.compile(r"\{([A-Za-z0-9_]+)\}")
+AUTH_TYPES = (
+    "none",
+    "bearer",
+    "basic",
+    "api_key",
+    "oauth2_client_credentials",
+    "standard_webhooks",
+    "sigv4",
+)
 
 
-def _url(template: str, fields: dict[str, Any]) -> str:
-    """The URL with ``{field}`` placeholders filled from mapped fields, each URL-encoded."""
+def placeholders(template: str) -> list[str]:
+    """The field names a URL template uses, in order."""
+    return _PLACEHOLDER.findall(template)
+
+
+def _url_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return ",".join(_url_value(v) for v in value)
+    return str(value)
+
+
+def fill_url(template: str, fields: dict[str, Any]) -> str:
+    """The URL with each ``{field}`` replaced by the mapped value, percent-encoded as one
+    segment (``/``, ``?``, ``&``, ``#``, spaces and non-ASCII included); raises
+    :class:`MappingError` when a placeholder's field has no value (never a URL with a hole)."""
 
     def fill(m: re.Match[str]) -> str:
-        value = fields.get(m.group(1), "")
-        return quote("" if value is None else str(value), safe="")
+        name = m.group(1)
+        value = fields.get(name)
+        if value is None or value == "" or value == []:
+            raise MappingError(
+                f"the URL placeholder {{{name}}} needs a value and the field has none",
+                field=name,
+            )
+        return quote(_url_value(value), safe="")
 
     return _PLACEHOLDER.sub(fill, template)
 
 
-def _auth_headers(
-    auth: dict[str, Any],
-    method: str,
-    url: str,
-    headers: dict[str, str],
-    body: bytes,
-    message_id: str,
-    redact: bool,
+def idempotency_key(delivery_ids: list[str]) -> str:
+    """One delivery: its id. A batch: ``batch_`` and a digest of its ids, in order (the same
+    batch retried gets the same key; a batch of other records another)."""
+    if len(delivery_ids) == 1:
+        return delivery_ids[0]
+    return "batch_" + hashlib.sha256(",".join(delivery_ids).encode()).hexdigest()[:32]
+
+
+def standard_webhooks_signature(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
+    """The Standard Webhooks ``webhook-signature`` value: ``v1,`` and the base64 HMAC-SHA256
+    of ``{msg_id}.{timestamp}.{body}``, keyed with the base64-decoded part of the secret after
+    its ``whsec_`` prefix (https://www.standardwebhooks.com, "Signature scheme")."""
+    try:
+        key = base64.b64decode(secret.removeprefix("whsec_"), validate=True)
+    except binascii.Error:
+        raise ValueError(
+            "connection.auth.secret: a Standard Webhooks secret is whsec_ and base64"
+        ) from None
+    mac = hmac.new(key, f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256)
+    return "v1," + base64.b64encode(mac.digest()).decode()
+
+
+def _need(auth: dict[str, Any], key: str) -> str:
+    value = auth.get(key)
+    if value is None or value == "":
+        raise ValueError(f"connection.auth.{key} is required for auth type {auth.get('type')}")
+    return str(value)
+
+
+@functools.cache
+def _pinned_sigv4() -> type:
+    """botocore's SigV4Auth signing at a given time (botocore reads its clock in add_auth)."""
+    from botocore.auth import SigV4Auth
+
+    class PinnedSigV4Auth(SigV4Auth):
+        when = ""  # X-Amz-Date form, e.g. 20261122T131200Z
+
+        def _modify_request_before_signing(self, request: Any) -> None:
+            request.context["timestamp"] = self.when
+            super()._modify_request_before_signing(request)
+
+    return PinnedSigV4Auth
+
+
+def _sigv4_headers(
+    auth: dict[str, Any], method: str, url: str, headers: dict[str, str], body: bytes, now: float
 ) -> dict[str, str]:
-    """Headers an auth type adds. ``redact`` hides every credential-bearing value."""
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    when = dt.datetime.fromtimestamp(now, dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    creds = Credentials(
+        _need(auth, "access_key_id"),
+        _need(auth, "secret_access_key"),
+        auth.get("session_token") or None,
+    )
+    req = AWSRequest(method=method, url=url, data=body, headers=dict(headers))
+    signer = _pinned_sigv4()(
+        creds, str(auth.get("service", "execute-api")), str(auth.get("region", "us-east-1"))
+    )
+    signer.when = when
+    signer.add_auth(req)
+    return {k: v for k, v in req.headers.items() if k not in headers}
+
+
+def _auth_headers(
+    integration: Any,
+    auth: dict[str, Any],
+    request: tuple[str, str, dict[str, str], bytes],
+    message_id: str,
+    now: float,
+    tokens: TokenProvider | None,
+) -> tuple[dict[str, str], frozenset[str]]:
+    """The headers ``connection.auth`` adds, and which of them are credentials."""
+    method, url, headers, body = request
     kind = auth.get("type", "none")
     if kind == "none":
-        return {}
+        return {}, frozenset()
     if kind == "bearer":
-        return {"Authorization": f"Bearer {REDACTED if redact else auth['token']}"}
+        return {"Authorization": f"Bearer {_need(auth, 'token')}"}, frozenset({"Authorization"})
     if kind == "basic":
-        raw = f"{auth.get('username', '')}:{auth.get('password', '')}".encode()
-        return {
-            "Authorization": "Basic " + (REDACTED if redact else base64.b64encode(raw).decode())
-        }
+        raw = f"{_need(auth, 'username')}:{auth.get('password', '')}".encode()
+        value = "Basic " + base64.b64encode(raw).decode()
+        return {"Authorization": value}, frozenset({"Authorization"})
     if kind == "api_key":
-        return {str(auth.get("header", "X-API-Key")): REDACTED if redact else str(auth["value"])}
+        name = str(auth.get("header") or "X-API-Key")
+        return {name: _need(auth, "value")}, frozenset({name})
     if kind == "oauth2_client_credentials":
-        # The token comes from the token endpoint at send time (delivery engine); a preview
-        # never fetches one.
-        return {"Authorization": f"Bearer {REDACTED}"}
+        # The delivery engine fetches the token from auth.token_url and caches it; build only
+        # reads it through the provider, so building stays free of I/O.
+        if tokens is None:
+            raise ValueError("auth type oauth2_client_credentials needs a token provider")
+        token = tokens(integration)
+        return {"Authorization": f"Bearer {token}"}, frozenset({"Authorization"})
     if kind == "standard_webhooks":
-        # Standard Webhooks: HMAC-SHA256 over "{id}.{timestamp}.{body}" with the secret's
-        # base64 part (after "whsec_"), sent as "v1,<base64 signature>".
-        ts = str(int(time.time()))
-        if redact:
-            signature = REDACTED
-        else:
-            secret = str(auth["secret"]).removeprefix("whsec_")
-            mac = hmac.new(
-                base64.b64decode(secret), f"{message_id}.{ts}.".encode() + body, hashlib.sha256
-            )
-            signature = "v1," + base64.b64encode(mac.digest()).decode()
-        return {"webhook-id": message_id, "webhook-timestamp": ts, "webhook-signature": signature}
+        ts = int(now)
+        signature = standard_webhooks_signature(_need(auth, "secret"), message_id, ts, body)
+        # webhook-signature is not a secret (an HMAC of this very request, worthless for any
+        # other), so it is not listed as one: a preview shows it for comparison at a receiver.
+        out = {
+            "webhook-id": message_id,
+            "webhook-timestamp": str(ts),
+            "webhook-signature": signature,
+        }
+        return out, frozenset()
     if kind == "sigv4":
-        if redact:
-            return {"Authorization": f"AWS4-HMAC-SHA256 {REDACTED}", "X-Amz-Date": REDACTED}
-        from botocore.auth import SigV4Auth
-        from botocore.awsrequest import AWSRequest
-        from botocore.credentials import Credentials
-
-        req = AWSRequest(method=method, url=url, data=body, headers=dict(headers))
-        creds = Credentials(
-            auth["access_key_id"], auth["secret_access_key"], auth.get("session_token")
+        out = _sigv4_headers(auth, method, url, headers, body, now)
+        return out, frozenset(
+            k for k in out if k.lower() in ("authorization", "x-amz-security-token")
         )
-        SigV4Auth(
-            creds, auth.get("service", "execute-api"), auth.get("region", "us-east-1")
-        ).add_auth(req)
-        return {k: v for k, v in req.headers.items() if k not in headers}
-    raise ValueError(f"unknown auth type {kind!r}")
+    raise ValueError(
+        f"connection.auth.type: unknown auth type {kind!r}; known: {', '.join(AUTH_TYPES)}"
+    )
+
+
+def _merge(base: dict[str, str], extra: dict[str, str]) -> dict[str, str]:
+    """``base`` updated with ``extra``; header names compare case-insensitively."""
+    out = dict(base)
+    for name, value in extra.items():
+        for existing in [k for k in out if k.lower() == name.lower()]:
+            del out[existing]
+        out[name] = value
+    return out
 
 
 def build(
-    integration: Any, batch: list[tuple[str, dict[str, Any]]], *, redact: bool = False
+    integration: Any,
+    batch: list[tuple[str, dict[str, Any]]],
+    *,
+    now: float | None = None,
+    tokens: TokenProvider | None = None,
 ) -> list[OutboundRequest]:
-    """Requests for a batch: one per record (``settings.body: object``) or one JSON array."""
-    conn = integration.connection.redacted() if redact else integration.connection.value
-    settings = integration.settings.redacted() if redact else integration.settings.value
-    method = str(conn.get("method", "POST"))
-    auth = conn.get("auth") or {}
+    """The requests for a batch of mapped records (see the module docstring).
+
+    ``settings.body: array`` puts the batch in one JSON array per distinct URL (records whose
+    placeholders give different URLs go to different requests), in batch order.
+    """
+    conn = integration.connection.value
+    settings = integration.settings.value
+    method = str(conn.get("method") or "POST").upper()
+    auth = conn.get("auth") or {"type": "none"}
     extra = {str(k): str(v) for k, v in (settings.get("headers") or {}).items()}
-    groups = [batch] if settings.get("body", "object") == "array" else [[item] for item in batch]
+    array = settings.get("body", "object") == "array"
+    when = time.time() if now is None else now
+
+    planned: list[tuple[str, list[tuple[str, dict[str, Any]]]]] = []  # (url, its records)
+    by_url: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+    failed: dict[str, Any] = {}
+    for delivery_id, fields in batch:
+        try:
+            url = fill_url(str(conn["url"]), fields)
+        except MappingError as exc:
+            failed[delivery_id] = exc.with_context(
+                source="connection.url", integration=integration.name
+            )
+            continue
+        if not array:
+            planned.append((url, [(delivery_id, fields)]))
+            continue
+        if url not in by_url:
+            by_url[url] = []
+            planned.append((url, by_url[url]))
+        by_url[url].append((delivery_id, fields))
+    if failed:
+        raise BuildErrors(failed)
+
     out = []
-    for group in groups:
+    for url, group in planned:
         ids = [d for d, _ in group]
-        # The first record's fields fill URL placeholders of an array request.
-        url = _url(str(conn["url"]), group[0][1])
-        array = settings.get("body", "object") == "array"
-        payload: Any = [f for _, f in group] if array else group[0][1]
-        body = orjson.dumps(payload)
-        # A stable key per request: the delivery id, or a digest of a batch's ids.
-        key = (
-            ids[0]
-            if len(ids) == 1
-            else "batch_" + hashlib.sha256(",".join(ids).encode()).hexdigest()[:32]
+        body = orjson.dumps([f for _, f in group] if array else group[0][1])
+        message_id = idempotency_key(ids)
+        headers = _merge({"Content-Type": "application/json", "Idempotency-Key": message_id}, extra)
+        added, secret = _auth_headers(
+            integration, auth, (method, url, headers, body), message_id, when, tokens
         )
-        headers = {"Content-Type": "application/json", "Idempotency-Key": key, **extra}
-        headers.update(_auth_headers(auth, method, url, headers, body, key, redact))
-        out.append(OutboundRequest(method, url, headers, body, ids))
+        headers = _merge(headers, added)
+        out.append(OutboundRequest(method, url, headers, body, ids, secret))
     return out
 
 
@@ -123,7 +264,8 @@ HTTP = register(
             Param(
                 "url",
                 "url",
-                "Endpoint URL; may use {field} placeholders filled from mapped fields.",
+                "Endpoint URL; {field} placeholders are filled from mapped fields, each "
+                "value percent-encoded (a placeholder without a value fails that record).",
                 required=True,
                 example="https://hooks.example.com/signup",
             ),
@@ -136,8 +278,12 @@ HTTP = register(
             Param(
                 "auth",
                 "object",
-                "Authentication: {type: none|bearer|basic|api_key|oauth2_client_credentials|"
-                "standard_webhooks|sigv4, ...its parameters}.",
+                "Authentication, {type: ..., its parameters}: none; bearer (token); basic "
+                "(username, password); api_key (header, default X-API-Key; value); "
+                "oauth2_client_credentials (token_url, client_id, client_secret, scope); "
+                "standard_webhooks (secret: whsec_...; sends webhook-id, webhook-timestamp, "
+                "webhook-signature); sigv4 (access_key_id, secret_access_key, session_token, "
+                "region, service: execute-api or lambda).",
                 example={"type": "bearer", "token": "${WEBHOOK_TOKEN}"},
                 secret_keys=(
                     "token",
