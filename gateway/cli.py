@@ -383,7 +383,7 @@ def cmd_preview(args: argparse.Namespace) -> int:
             )
             print(f"  error: {e['message']}" + (f" ({where})" if where else ""))
         if "fields" in i:
-            print("  fields:")
+            print("  fields:" if i["fields"] else "  fields: (none mapped)")
             for k, v in i["fields"].items():
                 print(f"    {k} = {json.dumps(v, ensure_ascii=False)}")
         for r in [i["request"]] if "request" in i else i.get("requests", []):
