@@ -163,6 +163,17 @@ def test_preview_redacts_every_secret(mapping_dir: Path, kind: str) -> None:
         assert "Authorization" not in req["headers"]
 
 
+def test_preview_hides_credential_headers_written_as_literals(mapping_dir: Path) -> None:
+    text = HOOK.replace(
+        "X-Source: gateway", 'X-Source: gateway, authorization: "Token lit-1", Cookie: "s=lit-2"'
+    ).replace(AUTHS["bearer"], "{type: none}")
+    doc = preview(compiled(mapping_dir, text), GOOD)
+    headers = doc["integrations"][0]["request"]["headers"]
+    assert headers["authorization"] == "***"
+    assert headers["Cookie"] == "***"
+    assert "lit-" not in json.dumps(doc)
+
+
 def test_preview_now_pins_signing_times(mapping_dir: Path) -> None:
     mapping = compiled(mapping_dir, HOOK.replace(AUTHS["bearer"], AUTHS["standard_webhooks"]))
     a = preview(mapping, GOOD, now=1_795_350_000)

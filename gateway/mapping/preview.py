@@ -6,8 +6,9 @@ one delivery uses) with every secret redacted. ``gateway preview`` and ``POST
 /admin/v1/preview`` both answer :func:`preview_group`'s document.
 
 Redaction, applied to the built request: the values of the headers a builder marks as
-credentials (``Authorization``, an API key header, a SigV4 session token) become ``***`` (an
-``Authorization`` keeps its scheme: ``Bearer ***``); every value that came from a ``${...}``
+credentials (``Authorization``, an API key header, a SigV4 session token), and of well-known
+credential headers whoever set them, become ``***`` (an ``Authorization`` keeps its scheme:
+``Bearer ***``); every value that came from a ``${...}``
 reference (the ``secret_paths`` of the entry's connection and settings) is replaced by ``***``
 wherever it appears in the URL, the headers and the body; when such a value is a URL template,
 its literal parts are hidden in the URL and only the placeholder values show. OAuth2 tokens
@@ -37,6 +38,17 @@ PREVIEW_DELIVERY_ID = "dlv_preview"
 #: Authorization schemes kept in front of a redacted credential.
 _SCHEMES = ("Bearer", "Basic", "AWS4-HMAC-SHA256")
 _PLACEHOLDER = re.compile(r"\{[A-Za-z0-9_]+\}")
+#: Headers hidden whoever set them (e.g. a literal Authorization in settings.headers).
+_CREDENTIAL_HEADERS = frozenset(
+    {
+        "authorization",
+        "proxy-authorization",
+        "cookie",
+        "x-api-key",
+        "api-key",
+        "x-amz-security-token",
+    }
+)
 
 
 def limits_of(settings: Any) -> Limits:
@@ -88,7 +100,9 @@ def redact_request(
     hidden in the URL only (the literal parts of a URL template that came from a reference:
     its placeholder values stay visible)."""
     headers = {
-        name: _credential(value) if name in req.secret_headers else _scrub(value, secrets)
+        name: _credential(value)
+        if name in req.secret_headers or name.lower() in _CREDENTIAL_HEADERS
+        else _scrub(value, secrets)
         for name, value in req.headers.items()
     }
     text = _scrub(req.body.decode("utf-8", "replace"), secrets)
