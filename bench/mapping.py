@@ -2,19 +2,18 @@
 1 group against 10,000 groups.
 
     .venv/bin/python bench/mapping.py [--records 50000] [--files 10000]
-        [--groups 10000] [--duration 8] [--rounds 3] [--no-ingest] [--gc-freeze]
+        [--groups 10000] [--duration 8] [--rounds 3] [--no-ingest]
 
 (a) ``CompiledIntegration.map`` on a 10-field mapping with transforms, without and with an
 E.164 phone field (phonenumbers parsing is the costly transform); (b) a cold
 ``MappingRegistry.reload()`` of N generated files (target: under 5 s for 10,000), then a
-reload with nothing changed, and where a cold load's time goes (the garbage collector's
-share; reading, YAML and compiling measured apart on the same files); (c) single-record
+reload with nothing changed, and where a cold load's time goes (reading, YAML and compiling
+measured apart on the same files); (c) single-record
 ingest (``gateway serve``, SQLite ``synchronous=FULL``) with a mappings directory of 1 group
 and of N groups, the key allowed on all of them and the requests spread over all of them
 (target: no measurable difference). (c) alternates the two gateways for ``--rounds`` rounds,
 each run with freshly pre-signed requests replayed by wrk (bench/ingest.py's machinery), and
-reports every run, the medians and their ratio; ``--gc-freeze`` adds, as an experiment, the
-many-group gateway with ``gc.freeze()`` after each mapping reload. Writes a Markdown result to
+reports every run, the medians and their ratio. Writes a Markdown result to
 bench/results/mapping-*.md.
 """
 
@@ -112,18 +111,10 @@ def load_time(tmp: Path, files: int) -> dict[str, float]:
     again = reg.reload()
     warm = time.perf_counter() - t
     assert not again.loaded
-    # Once more from cold with the cyclic garbage collector off: its share of the load (full
-    # collections traverse every object already loaded, again and again as they grow).
+    # The registry froze what it loaded (see MappingRegistry.reload); let it go.
     del reg, result, again
+    gc.unfreeze()
     gc.collect()
-    gc.disable()
-    try:
-        t = time.perf_counter()
-        MappingRegistry(d).reload()
-        nogc = time.perf_counter() - t
-    finally:
-        gc.enable()
-        gc.collect()
     # The same work in its three steps, timed apart (a second pass: the files are cached).
     paths = sorted(d.glob("*.yaml"))
     t = time.perf_counter()
@@ -139,7 +130,6 @@ def load_time(tmp: Path, files: int) -> dict[str, float]:
     return {
         "groups": files,
         "cold": cold,
-        "nogc": nogc,
         "warm": warm,
         "read": read,
         "parse": parse,
@@ -214,32 +204,11 @@ class Gateway:
             self.gw.stop()
 
 
-# The experiment of --gc-freeze: the same gateway, but every mapping reload is followed by
-# gc.freeze(), so the garbage collector's full collections no longer walk the compiled
-# mappings (bench code only; the gateway itself is not changed by it).
-FROZEN_GATEWAY = """
-import gc, sys
-from gateway.cli import main
-from gateway.mapping import watch
-_reload = watch.MappingReloader.reload
-async def reload(self, reason):
-    result = await _reload(self, reason)
-    gc.freeze()
-    return result
-watch.MappingReloader.reload = reload
-sys.exit(main(sys.argv[1:]))
-"""
-
-
 def ingest_groups(args: argparse.Namespace) -> dict[str, dict]:
     """Runs per variant (in alternating rounds) and start-up times."""
     wrk = ensure_wrk()
     many_label = f"{args.groups:,} groups"
     variants: dict[str, dict] = {"1 group": {}, many_label: {}}
-    if args.gc_freeze:
-        variants[many_label + ", gc.freeze() after reloads (experiment)"] = {
-            "command": [sys.executable, "-c", FROZEN_GATEWAY]
-        }
     with tempfile.TemporaryDirectory() as a, tempfile.TemporaryDirectory() as b:
         one, many = Gateway(Path(a), 1), Gateway(Path(b), args.groups)
         for v in variants.values():
@@ -264,11 +233,6 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="runs per gateway, alternating")
     ap.add_argument("--connections", type=int, default=64)
     ap.add_argument("--no-ingest", action="store_true", help="skip (c)")
-    ap.add_argument(
-        "--gc-freeze",
-        action="store_true",
-        help="(c) also runs the many-group gateway with gc.freeze() after each mapping reload",
-    )
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -294,7 +258,6 @@ def main() -> None:
         f"| same plus an E.164 phone field | {phone:,.0f} records/s |",
         f"| cold `MappingRegistry.reload()` of {load['groups']:,} files (load + validate) | "
         f"**{load['cold']:.2f} s** ({per_file:.2f} ms a file; target under 5 s) |",
-        f"| the same with the garbage collector off (analysis only) | {load['nogc']:.2f} s |",
         f"| reload with nothing changed | {load['warm']:.3f} s |",
         "",
         f"The same {load['groups']:,} files in steps, timed apart: read "

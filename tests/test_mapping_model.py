@@ -186,3 +186,22 @@ def test_literal_secrets_in_auth_blocks_are_refused(tmp_path: Path) -> None:
     _, problems = load_file(write(tmp_path, "shop", text))
     assert [(p.line, p.path) for p in problems] == [(9, "integrations[0].connection.auth.password")]
     assert "must not be written in the file" in problems[0].message
+
+
+def test_reload_keeps_compiled_mappings_out_of_the_collectors_way(tmp_path: Path) -> None:
+    import gc
+
+    gc.unfreeze()
+    write(tmp_path, "shop", GOOD)
+    reg = MappingRegistry(tmp_path)
+    reg.reload()
+    try:
+        assert gc.isenabled()  # paused while compiling only
+        assert gc.get_freeze_count() > 0
+        mapping = reg.get("shop")
+        assert mapping is not None
+        # Frozen objects are no longer in the generations full collections walk.
+        hook = mapping.integration("hook")
+        assert not any(o is hook for o in gc.get_objects())
+    finally:
+        gc.unfreeze()
