@@ -189,6 +189,18 @@ class DeliveryFilter:
 
 
 @dataclass(slots=True)
+class LaneStats:
+    """Where one lane (group, integration) stands in the store."""
+
+    group_key: str
+    integration: str
+    pending: int  # pending deliveries, due or not
+    due: int  # pending ones with next_attempt_at <= now
+    dead: int
+    oldest_pending_at: float | None  # created_at of the oldest pending delivery
+
+
+@dataclass(slots=True)
 class Page(Generic[T]):
     """One page of a listing; ``next_cursor`` is None on the last page."""
 
@@ -291,3 +303,52 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def list_attempts(self, delivery_id: str) -> list[Attempt]:
         """Every recorded attempt of a delivery, oldest first."""
+
+    async def release_deliveries(self, owner: str, ids: list[str], at: float) -> int:
+        """Give leased deliveries back without an attempt: due again at ``at``, lease cleared,
+        state, attempts and last error untouched. Only those still leased to ``owner``;
+        returns how many."""
+        raise NotImplementedError
+
+    async def reschedule_lane(
+        self, group_key: str, integration: str, *, at: float, only_earlier: bool
+    ) -> int:
+        """Move the lane's unleased pending deliveries to ``at`` (with ``only_earlier``, only
+        those due before ``at``: a deferral that never brings a retry forward); return how
+        many. One statement, for breaker openings, pauses and resumes."""
+        raise NotImplementedError
+
+    async def replay_deliveries(
+        self,
+        *,
+        now: float,
+        ids: list[str] | None = None,
+        flt: DeliveryFilter | None = None,
+        limit: int = 10000,
+    ) -> list[str]:
+        """Put dead (or, asked by ``flt.state``, delivered) deliveries back to pending, due
+        ``now``, with ``attempts`` reset to 0 and ``delivered_at`` cleared (their attempt
+        history stays). By ``ids`` (those that are dead or delivered; pending ones and
+        unknown ids are skipped) or by ``flt`` (state defaults to dead), at most ``limit``.
+        Returns the ids replayed."""
+        raise NotImplementedError
+
+    async def lane_stats(self, now: float) -> list[LaneStats]:
+        """Per lane with any pending or dead delivery: counts and the oldest pending."""
+        raise NotImplementedError
+
+    async def set_lane_paused(
+        self, group_key: str, integration: str, paused: bool, now: float
+    ) -> bool:
+        """Record a lane as paused or not (kept across restarts); True when it changed."""
+        raise NotImplementedError
+
+    async def paused_lanes(self) -> set[tuple[str, str]]:
+        """Every paused lane as (group_key, integration)."""
+        raise NotImplementedError
+
+    async def purge_delivered(self, before: float, limit: int = 5000) -> int:
+        """Delete up to ``limit`` records received before ``before`` whose deliveries are all
+        delivered (or that have none), with their deliveries and attempts. Dead and pending
+        ones are kept. Returns how many records went."""
+        raise NotImplementedError
