@@ -24,18 +24,20 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.ids import delivery_id, record_id
+from gateway.ids import delivery_id, record_id, time_id
 from gateway.store import migrations as mig
 from gateway.store import open_store
 from gateway.store.base import (
     AccessKey,
     Attempt,
+    Delivery,
     DeliveryFilter,
     DeliveryState,
     DeliveryUpdate,
     IdempotencyEntry,
     IngestResult,
     IngestWrite,
+    LaneStats,
     NewRecord,
     Store,
     StoreError,
@@ -718,6 +720,372 @@ async def test_access_keys_create_get_list_revoke(store: Store) -> None:
     assert (await store.get_access_key("AKGW2")).revoked_at is None
 
 
+# -- the delivery engine: release, reschedule, replay, lane stats, pauses, purge --------------
+def rid_at(at: float) -> str:
+    """A record id made at time ``at``, as ingest makes them (the time leads the id)."""
+    return "rec_" + time_id(int(at * 1000))
+
+
+async def by_integration(store: Store, rid: str) -> dict[str, Delivery]:
+    """The record's deliveries by integration."""
+    got = await store.get_record(rid)
+    assert got is not None
+    return {d.integration: d for d in got.deliveries}
+
+
+async def settle(store: Store, owner: str, outcomes: dict[str, DeliveryUpdate]) -> None:
+    """Apply updates for deliveries ``owner`` holds, each recording one attempt."""
+    updates = []
+    for did, u in outcomes.items():
+        u.attempt = Attempt(did, 1.0, 5.0, u.last_status, u.last_error, "v1")
+        updates.append(u)
+    assert await store.update_deliveries(updates) == len(updates)
+
+
+def outcome(
+    did: str, state: DeliveryState, *, at: float = 0.0, error: str | None = None
+) -> DeliveryUpdate:
+    """What a worker "w" reports for ``did``."""
+    status = 200 if state == DeliveryState.DELIVERED else 503
+    return DeliveryUpdate(did, "w", state, at, error, status)
+
+
+def test_the_engine_methods_are_abstract() -> None:
+    engine = {
+        "release_deliveries",
+        "reschedule_lane",
+        "replay_deliveries",
+        "lane_stats",
+        "set_lane_paused",
+        "paused_lanes",
+        "purge_delivered",
+    }
+    assert engine <= Store.__abstractmethods__
+
+
+async def test_release_gives_leases_back_without_an_attempt_to_their_owner_only(
+    store: Store,
+) -> None:
+    r = rec(integrations=("crm", "mail"), received_at=1000.0)
+    await add(store, r)
+    crm, mail = r.delivery_ids
+    await store.claim_deliveries("w", limit=10, lease_seconds=60, now=1001.0)
+    await settle(store, "w", {mail: outcome(mail, DeliveryState.PENDING, at=1002.0, error="503")})
+    claimed = await store.claim_deliveries("w", limit=10, lease_seconds=60, now=1002.0)
+    assert [c.delivery.id for c in claimed] == [mail]  # crm is still leased from 1001
+    before = await by_integration(store, r.id)
+    assert {d.lease_owner for d in before.values()} == {"w"}
+
+    # Another owner (or one whose lease was taken over) gives back nothing.
+    assert await store.release_deliveries("other", [crm, mail], at=5000.0) == 0
+    assert await by_integration(store, r.id) == before
+    assert await store.release_deliveries("w", [], at=5000.0) == 0
+
+    t = time.time()
+    assert await store.release_deliveries("w", [crm, mail, "dlv_unknown"], at=5000.0) == 2
+    after = await by_integration(store, r.id)
+    for integ in ("crm", "mail"):
+        d = after[integ]
+        assert d.state == DeliveryState.PENDING
+        assert d.next_attempt_at == 5000.0
+        assert (d.lease_owner, d.lease_expires_at) == (None, None)
+        assert d.updated_at >= t
+        assert d.attempts == before[integ].attempts
+        assert d.last_error == before[integ].last_error
+    assert (after["mail"].attempts, after["mail"].last_error) == (1, "503")
+    assert len(await store.list_attempts(mail)) == 1
+    assert await store.list_attempts(crm) == []
+    # Released means unleased: due again at `at`, for anyone.
+    assert await store.release_deliveries("w", [crm], at=6000.0) == 0
+    assert await store.claim_deliveries("x", limit=10, lease_seconds=60, now=4999.0) == []
+    again = await store.claim_deliveries("x", limit=10, lease_seconds=60, now=5000.0)
+    assert {c.delivery.id for c in again} == {crm, mail}
+
+
+async def test_reschedule_lane_moves_only_its_unleased_pending_deliveries(store: Store) -> None:
+    dead = rec("g", ("crm",), received_at=500.0)
+    leased = rec("g", ("crm", "mail"), received_at=1000.0)
+    expired = rec("g", ("crm", "mail"), received_at=2000.0)
+    free = rec("g", ("crm", "mail"), received_at=3000.0)
+    later = rec("g", ("crm",), received_at=8000.0)
+    other = rec("g2", ("crm",), received_at=1500.0)
+    await add(store, dead, leased, expired, free, later, other)
+    (d,) = await store.claim_deliveries(
+        "w", limit=1, lease_seconds=60, now=600.0, group_key="g", integration="crm"
+    )
+    assert d.delivery.id == dead.delivery_ids[0]
+    await settle(store, "w", {d.delivery.id: outcome(d.delivery.id, DeliveryState.DEAD)})
+    # A live lease (the call reads the clock: it is time.time() that counts) ...
+    (live,) = await store.claim_deliveries(
+        "w", limit=1, lease_seconds=3600, now=time.time(), group_key="g", integration="crm"
+    )
+    assert live.delivery.id == leased.delivery_ids[0]
+    # ... and one that expired long ago, which counts as unleased.
+    (stale,) = await store.claim_deliveries(
+        "old", limit=1, lease_seconds=10, now=2500.0, group_key="g", integration="crm"
+    )
+    assert stale.delivery.id == expired.delivery_ids[0]
+
+    async def times() -> dict[str, float]:
+        out = {}
+        for name, r in (("dead", dead), ("leased", leased), ("expired", expired),
+                        ("free", free), ("later", later), ("other", other)):  # fmt: skip
+            ds = await by_integration(store, r.id)
+            out[name] = ds["crm"].next_attempt_at
+            if "mail" in ds:
+                out[name + "/mail"] = ds["mail"].next_attempt_at
+        return out
+
+    start = await times()
+    # A deferral never brings a later retry forward, nor touches leased, dead, other lanes.
+    assert await store.reschedule_lane("g", "crm", at=5000.0, only_earlier=True) == 2
+    assert await times() == {**start, "expired": 5000.0, "free": 5000.0}
+    assert await store.reschedule_lane("g", "crm", at=100.0, only_earlier=True) == 0
+    assert await times() == {**start, "expired": 5000.0, "free": 5000.0}
+    # Without only_earlier (a resume) every unleased pending one moves, earlier or later.
+    assert await store.reschedule_lane("g", "crm", at=4000.0, only_earlier=False) == 3
+    moved = {"expired": 4000.0, "free": 4000.0, "later": 4000.0}
+    assert await times() == {**start, **moved}
+    assert (await by_integration(store, leased.id))["crm"].lease_owner == "w"
+    assert (await by_integration(store, dead.id))["crm"].state == DeliveryState.DEAD
+    assert await store.reschedule_lane("nope", "crm", at=1.0, only_earlier=False) == 0
+
+
+async def test_replay_by_ids_skips_pending_and_unknown_and_keeps_history(store: Store) -> None:
+    r = rec(integrations=("crm", "mail", "chat"), received_at=1000.0)
+    await add(store, r)
+    crm, mail, chat = r.delivery_ids
+    await store.claim_deliveries("w", limit=10, lease_seconds=60, now=1001.0)
+    await settle(
+        store,
+        "w",
+        {
+            crm: outcome(crm, DeliveryState.DELIVERED),
+            mail: outcome(mail, DeliveryState.DEAD, error="HTTP 410"),
+            chat: outcome(chat, DeliveryState.PENDING, at=9000.0, error="HTTP 503"),
+        },
+    )
+    before = await by_integration(store, r.id)
+    assert before["crm"].delivered_at is not None
+
+    replayed = await store.replay_deliveries(now=3000.0, ids=[chat, "dlv_unknown", mail, crm, mail])
+    assert replayed == sorted([crm, mail])  # id order, each once, the pending one skipped
+    after = await by_integration(store, r.id)
+    assert after["chat"] == before["chat"]  # pending: untouched, attempts not reset
+    for integ in ("crm", "mail"):
+        d = after[integ]
+        assert d.state == DeliveryState.PENDING
+        assert d.attempts == 0
+        assert d.next_attempt_at == 3000.0
+        assert d.delivered_at is None
+        assert (d.lease_owner, d.lease_expires_at) == (None, None)
+        assert d.last_error == before[integ].last_error
+        assert len(await store.list_attempts(d.id)) == 1  # history stays
+    assert after["mail"].last_error == "HTTP 410"
+    # Now pending, so a second replay finds nothing; an empty list replays nothing.
+    assert await store.replay_deliveries(now=4000.0, ids=[crm, mail]) == []
+    assert await store.replay_deliveries(now=4000.0, ids=[]) == []
+    assert (await by_integration(store, r.id))["mail"].next_attempt_at == 3000.0
+    claimed = await store.claim_deliveries("w", limit=10, lease_seconds=60, now=3000.0)
+    assert sorted(c.delivery.id for c in claimed) == sorted([crm, mail])
+
+
+async def test_replay_by_filter_respects_state_group_integration_and_limit(store: Store) -> None:
+    records = [
+        rec("g1", ("crm", "mail"), received_at=1000.0),
+        rec("g1", ("crm", "mail"), received_at=1001.0),
+        rec("g2", ("crm", "mail"), received_at=1002.0),
+        rec("g2", ("crm", "mail"), received_at=1003.0),
+    ]
+    await add(store, *records)
+    await store.claim_deliveries("w", limit=100, lease_seconds=60, now=2000.0)
+    outcomes = {}
+    for i, r in enumerate(records):
+        crm, mail = r.delivery_ids
+        # crm dies, except g1's second, which waits for a retry; mail is delivered.
+        crm_state = DeliveryState.PENDING if i == 1 else DeliveryState.DEAD
+        outcomes[crm] = outcome(crm, crm_state, at=9000.0, error="boom")
+        outcomes[mail] = outcome(mail, DeliveryState.DELIVERED)
+    await settle(store, "w", outcomes)
+    crm_ids = [r.delivery_ids[0] for r in records]
+    mail_ids = [r.delivery_ids[1] for r in records]
+
+    async def states() -> dict[str, DeliveryState]:
+        page = await store.list_deliveries(DeliveryFilter(), limit=100)
+        return {d.id: d.state for d in page.items}
+
+    initial = await states()
+    with pytest.raises(ValueError, match="pending"):
+        await store.replay_deliveries(now=5000.0, flt=DeliveryFilter(state=DeliveryState.PENDING))
+    with pytest.raises(ValueError, match="exactly one"):
+        await store.replay_deliveries(now=5000.0)
+    with pytest.raises(ValueError, match="exactly one"):
+        await store.replay_deliveries(now=5000.0, ids=[crm_ids[0]], flt=DeliveryFilter())
+    assert await states() == initial
+
+    # The state defaults to dead: g1 has one dead delivery; the pending one is not touched.
+    assert await store.replay_deliveries(now=5000.0, flt=DeliveryFilter(group_key="g1")) == [
+        crm_ids[0]
+    ]
+    # At most `limit`, oldest (by id) first.
+    g2_crm = sorted(crm_ids[2:])
+    flt = DeliveryFilter(group_key="g2", integration="crm")
+    assert await store.replay_deliveries(now=5000.0, flt=flt, limit=1) == g2_crm[:1]
+    assert await store.replay_deliveries(now=5000.0, flt=flt, limit=1) == g2_crm[1:]
+    assert await store.replay_deliveries(now=5000.0, flt=DeliveryFilter()) == []
+    # Delivered ones only when asked, narrowed by integration and creation time.
+    delivered = DeliveryFilter(state=DeliveryState.DELIVERED, integration="crm")
+    assert await store.replay_deliveries(now=5000.0, flt=delivered) == []
+    early = DeliveryFilter(state=DeliveryState.DELIVERED, created_before=1001.5)
+    assert await store.replay_deliveries(now=5000.0, flt=early) == sorted(mail_ids[:2])
+    late = DeliveryFilter(state=DeliveryState.DELIVERED, group_key="g2", created_after=1002.5)
+    assert await store.replay_deliveries(now=5000.0, flt=late) == [mail_ids[3]]
+
+    final = await states()
+    assert final[mail_ids[2]] == DeliveryState.DELIVERED  # matched no filter
+    assert {k for k, v in final.items() if v == DeliveryState.PENDING} == set(
+        crm_ids + mail_ids[:2] + mail_ids[3:]
+    )
+    kept = (await by_integration(store, records[1].id))["crm"]
+    assert (kept.attempts, kept.next_attempt_at) == (1, 9000.0)
+    for did in crm_ids[0:1] + crm_ids[2:]:
+        d = next(d for d in (await store.list_deliveries(DeliveryFilter(), limit=100)).items
+                 if d.id == did)  # fmt: skip
+        assert (d.attempts, d.next_attempt_at, d.last_error) == (0, 5000.0, "boom")
+        assert len(await store.list_attempts(did)) == 1
+
+
+async def test_lane_stats_counts_pending_due_dead_and_oldest(store: Store) -> None:
+    assert await store.lane_stats(5000.0) == []
+    a = rec("g1", ("crm", "mail"), received_at=1000.0)
+    b = rec("g1", ("crm", "mail"), received_at=2000.0)
+    c = rec("g1", ("crm", "mail"), received_at=6000.0)  # not due at 5000
+    d = rec("g2", ("crm",), received_at=3000.0)  # delivered: its lane has nothing to show
+    e = rec("g3", ("crm",), received_at=100.0)  # dead only
+    await add(store, c, b, a, d, e)
+    claimed = await store.claim_deliveries("w", limit=100, lease_seconds=60, now=3500.0)
+    outcomes = {}
+    for cd in claimed:
+        did = cd.delivery.id
+        if cd.delivery.group_key == "g1" and cd.delivery.integration == "crm":
+            # A retry: still pending, but rescheduled past `now`; created_at stays 1000.
+            if did == a.delivery_ids[0]:
+                outcomes[did] = outcome(did, DeliveryState.PENDING, at=7000.0)
+            continue  # b's stays leased: leased ones are pending (and due) all the same
+        state = DeliveryState.DELIVERED if cd.delivery.group_key == "g2" else DeliveryState.DEAD
+        outcomes[did] = outcome(did, state)
+    await settle(store, "w", outcomes)
+
+    stats = await store.lane_stats(5000.0)
+    assert stats == [
+        LaneStats("g1", "crm", pending=3, due=1, dead=0, oldest_pending_at=1000.0),
+        LaneStats("g1", "mail", pending=1, due=0, dead=2, oldest_pending_at=6000.0),
+        LaneStats("g3", "crm", pending=0, due=0, dead=1, oldest_pending_at=None),
+    ]
+    later = {(s.group_key, s.integration): s.due for s in await store.lane_stats(7000.0)}
+    assert later == {("g1", "crm"): 3, ("g1", "mail"): 1, ("g3", "crm"): 0}
+
+
+async def test_paused_lanes_survive_close_and_reopen(store_url: str) -> None:
+    s = open_store(store_url)
+    await s.open()
+    try:
+        assert await s.paused_lanes() == set()
+        assert await s.set_lane_paused("g", "crm", True, 100.0) is True
+        assert await s.set_lane_paused("g", "crm", True, 200.0) is False  # already paused
+        assert await s.set_lane_paused("g", "mail", True, 300.0) is True
+        assert await s.set_lane_paused("g2", "crm", False, 300.0) is False  # was not paused
+        assert await s.paused_lanes() == {("g", "crm"), ("g", "mail")}
+    finally:
+        await s.close()
+
+    s2 = open_store(store_url)
+    await s2.open()
+    try:
+        assert await s2.paused_lanes() == {("g", "crm"), ("g", "mail")}
+        if isinstance(s2, SQLiteStore):  # the pause keeps its start
+            rows = await s2._read(
+                lambda c: c.execute("SELECT group_key, integration, paused_at FROM paused_lanes "
+                                    "ORDER BY 1, 2").fetchall()
+            )  # fmt: skip
+            assert rows == [("g", "crm", 100.0), ("g", "mail", 300.0)]
+        assert await s2.set_lane_paused("g", "crm", False, 400.0) is True
+        assert await s2.set_lane_paused("g", "crm", False, 500.0) is False
+        assert await s2.paused_lanes() == {("g", "mail")}
+    finally:
+        await s2.close()
+
+    s3 = open_store(store_url)
+    await s3.open()
+    try:
+        assert await s3.paused_lanes() == {("g", "mail")}
+    finally:
+        await s3.close()
+
+
+async def test_purge_delivered_keeps_unfinished_and_recent_records(store: Store) -> None:
+    now = time.time()
+    old, before = now - 10 * 86400, now - 86400
+
+    def at(t: float, integrations: tuple[str, ...], received: float | None = None) -> NewRecord:
+        return rec(integrations=integrations, received_at=received or t, rid=rid_at(t))
+
+    done = at(old, ("crm", "mail"))
+    bare = at(old + 1, ())  # no deliveries: nothing left to do
+    dead = at(old + 2, ("crm", "mail"))
+    waiting = at(old + 3, ("crm", "mail"))
+    fresh = at(now - 60, ("crm",))
+    # An id from long ago on a record received recently: received_at decides.
+    odd = at(old + 4, (), received=now - 60)
+    await add(store, done, bare, dead, waiting, fresh, odd)
+    await store.claim_deliveries("w", limit=100, lease_seconds=60, now=now)
+    outcomes = {}
+    for r in (done, dead, waiting, fresh):
+        for integ, did in zip(r.integrations, r.delivery_ids, strict=True):
+            state = DeliveryState.DELIVERED
+            if integ == "mail" and r is dead:
+                state = DeliveryState.DEAD
+            if integ == "mail" and r is waiting:
+                state = DeliveryState.PENDING
+            outcomes[did] = outcome(did, state, at=now + 60)
+    await settle(store, "w", outcomes)
+
+    assert await store.purge_delivered(before, limit=0) == 0
+    assert await store.purge_delivered(old - 1) == 0  # nothing received that early
+    assert await store.count_records() == 6
+    assert await store.purge_delivered(before) == 2
+    assert await store.get_record(done.id) is None
+    assert await store.get_record(bare.id) is None
+    for r in (dead, waiting, fresh, odd):
+        assert await store.get_record(r.id) is not None, r
+    # The deliveries and their attempts went with the record; the kept ones keep theirs.
+    left = {d.id for d in (await store.list_deliveries(DeliveryFilter(), limit=100)).items}
+    assert left == set(dead.delivery_ids + waiting.delivery_ids + fresh.delivery_ids)
+    for did in done.delivery_ids:
+        assert await store.list_attempts(did) == []
+    for did in dead.delivery_ids + waiting.delivery_ids:
+        assert len(await store.list_attempts(did)) == 1
+    if isinstance(store, SQLiteStore):
+        orphans = await store._read(
+            lambda c: c.execute(
+                "SELECT count(*) FROM attempts WHERE delivery_id NOT IN (SELECT id FROM deliveries)"
+            ).fetchone()[0]
+        )
+        assert orphans == 0
+    assert await store.purge_delivered(before) == 0
+
+
+async def test_purge_delivered_respects_limit_oldest_first(store: Store) -> None:
+    now = time.time()
+    old = now - 10 * 86400
+    records = [rec(integrations=(), received_at=old + i, rid=rid_at(old + i)) for i in range(5)]
+    await add(store, *reversed(records))
+    assert await store.purge_delivered(now, limit=2) == 2
+    assert [await store.get_record(r.id) is None for r in records] == [True] * 2 + [False] * 3
+    assert await store.purge_delivered(now, limit=10) == 3
+    assert await store.count_records() == 0
+
+
 # -- migrations -------------------------------------------------------------------------------
 def _schema_rows(path: Path) -> list[tuple]:
     con = sqlite3.connect(path)
@@ -731,11 +1099,11 @@ async def test_migrations_are_applied_once(store_url: str) -> None:
     s = open_store(store_url)
     sqlite_store(s)
     await s.open()
-    assert s.migrations_applied == [1]
+    assert s.migrations_applied == [1, 2]
     await s.close()
     path = s.path
     rows = _schema_rows(path)
-    assert [r[:2] for r in rows] == [(1, "initial")]
+    assert [r[:2] for r in rows] == [(1, "initial"), (2, "delivery_engine")]
 
     s2 = open_store(store_url)
     await s2.open()
@@ -745,6 +1113,27 @@ async def test_migrations_are_applied_once(store_url: str) -> None:
     finally:
         await s2.close()
     assert _schema_rows(path) == rows  # not re-applied, applied_at unchanged
+
+
+async def test_a_database_at_version_1_is_upgraded_on_open(tmp_path: Path) -> None:
+    path = tmp_path / "v1.db"
+    con = sqlite3.connect(path, isolation_level=None)
+    assert mig.apply_sqlite(con, mig.load_migrations("sqlite")[:1]) == [1]
+    con.execute(
+        "INSERT INTO records (id, group_key, access_key_id, data, received_at) "
+        "VALUES ('rec_old', 'g', 'AK', x'7b7d', 1.0)"
+    )
+    con.close()
+    s = SQLiteStore(path)
+    await s.open()
+    try:
+        assert s.migrations_applied == [2]
+        assert await s.count_records() == 1
+        assert await s.set_lane_paused("g", "crm", True, 1.0) is True
+        assert await s.paused_lanes() == {("g", "crm")}
+    finally:
+        await s.close()
+    assert [r[:2] for r in _schema_rows(path)] == [(1, "initial"), (2, "delivery_engine")]
 
 
 def test_migration_runner_rolls_back_a_failing_migration(tmp_path: Path) -> None:

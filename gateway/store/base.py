@@ -304,20 +304,21 @@ class Store(abc.ABC):
     async def list_attempts(self, delivery_id: str) -> list[Attempt]:
         """Every recorded attempt of a delivery, oldest first."""
 
+    @abc.abstractmethod
     async def release_deliveries(self, owner: str, ids: list[str], at: float) -> int:
         """Give leased deliveries back without an attempt: due again at ``at``, lease cleared,
         state, attempts and last error untouched. Only those still leased to ``owner``;
         returns how many."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     async def reschedule_lane(
         self, group_key: str, integration: str, *, at: float, only_earlier: bool
     ) -> int:
         """Move the lane's unleased pending deliveries to ``at`` (with ``only_earlier``, only
         those due before ``at``: a deferral that never brings a retry forward); return how
         many. One statement, for breaker openings, pauses and resumes."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     async def replay_deliveries(
         self,
         *,
@@ -331,24 +332,23 @@ class Store(abc.ABC):
         history stays). By ``ids`` (those that are dead or delivered; pending ones and
         unknown ids are skipped) or by ``flt`` (state defaults to dead), at most ``limit``.
         Returns the ids replayed."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     async def lane_stats(self, now: float) -> list[LaneStats]:
         """Per lane with any pending or dead delivery: counts and the oldest pending."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     async def set_lane_paused(
         self, group_key: str, integration: str, paused: bool, now: float
     ) -> bool:
         """Record a lane as paused or not (kept across restarts); True when it changed."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     async def paused_lanes(self) -> set[tuple[str, str]]:
         """Every paused lane as (group_key, integration)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     async def purge_delivered(self, before: float, limit: int = 5000) -> int:
         """Delete up to ``limit`` records received before ``before`` whose deliveries are all
         delivered (or that have none), with their deliveries and attempts. Dead and pending
         ones are kept. Returns how many records went."""
-        raise NotImplementedError

@@ -57,6 +57,7 @@ from gateway.store.base import (
     IdempotencyEntry,
     IngestResult,
     IngestWrite,
+    LaneStats,
     Page,
     Store,
     StoredRecord,
@@ -113,6 +114,20 @@ _INSERT_ATTEMPT = (
     "INSERT INTO attempts (delivery_id, started_at, duration_ms, status, error, "
     "mapping_version) VALUES (?, ?, ?, ?, ?, ?)"
 )
+# Gives a lease back unsent: no attempt, state and last error untouched.
+_RELEASE_DELIVERY = (
+    "UPDATE deliveries SET next_attempt_at = ?, lease_owner = NULL, lease_expires_at = NULL, "
+    "updated_at = ? WHERE id = ? AND lease_owner = ?"
+)
+# The state guard repeats the SELECT's, so a replay can never reset a pending delivery.
+_REPLAY_DELIVERY = (
+    "UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = ?, "
+    "delivered_at = NULL, lease_owner = NULL, lease_expires_at = NULL, updated_at = ? "
+    "WHERE id = ? AND (state = 'dead' OR state = 'delivered')"
+)
+# gateway.ids.record_id(): this prefix, then the creation time in milliseconds as 12 hex
+# digits, then random digits.
+_RECORD_ID_PREFIX = "rec_"
 _PURGE_CHUNK = 5000
 
 
@@ -1018,3 +1033,211 @@ class SQLiteStore(Store):
             return [Attempt(*r) for r in rows]
 
         return await self._read(q)
+
+    # -- the delivery engine --------------------------------------------------------------
+    async def release_deliveries(self, owner: str, ids: list[str], at: float) -> int:
+        """Give deliveries still leased to ``owner`` back, due at ``at``; return how many.
+
+        No attempt is counted and state and last error stay: the worker never tried (it is
+        shutting down, or its lane was paused or its breaker opened). A delivery whose lease
+        another owner has taken is left alone, like in :meth:`update_deliveries`.
+        """
+        if not ids:
+            return 0
+
+        def release(c: sqlite3.Connection) -> int:
+            now = time.time()
+            cur = c.executemany(_RELEASE_DELIVERY, [(at, now, did, owner) for did in ids])
+            return cur.rowcount
+
+        return await self._write(release)
+
+    async def reschedule_lane(
+        self, group_key: str, integration: str, *, at: float, only_earlier: bool
+    ) -> int:
+        """Move the lane's unleased pending deliveries to ``at`` in one statement.
+
+        Leased ones belong to a worker that decides their next time itself. A lease counts as
+        gone once expired at the time of the call (the clock is read in the transaction, not
+        when the call was queued); the expired lease itself is left in place, so the old
+        owner's late update still lands if nobody claimed the delivery since.
+        """
+        # `state = 'pending'` literal and the lane's equality columns first: the planner walks
+        # the partial index deliveries_lane_due for this lane only (and, with only_earlier,
+        # only its entries before `at`).
+        sql = (
+            "UPDATE deliveries SET next_attempt_at = ?, updated_at = ? "
+            "WHERE state = 'pending' AND group_key = ? AND integration = ? "
+            "AND (lease_owner IS NULL OR lease_expires_at <= ?)"
+            + (" AND next_attempt_at < ?" if only_earlier else "")
+        )
+
+        def reschedule(c: sqlite3.Connection) -> int:
+            now = time.time()
+            params: list[Any] = [at, now, group_key, integration, now]
+            if only_earlier:
+                params.append(at)
+            return c.execute(sql, params).rowcount
+
+        return await self._write(reschedule)
+
+    async def replay_deliveries(
+        self,
+        *,
+        now: float,
+        ids: list[str] | None = None,
+        flt: DeliveryFilter | None = None,
+        limit: int = 10000,
+    ) -> list[str]:
+        """Put dead (or delivered) deliveries back to pending, due ``now``; return their ids.
+
+        Exactly one of ``ids`` and ``flt``. Attempts restart at 0 so the retry policy gives
+        the replay its full budget; the attempt rows and ``last_error`` stay as history. The
+        lease columns are cleared (a dead or delivered delivery has none, but a row must never
+        come back pending with a stale owner). Pending deliveries are never touched: they are
+        in flight, and resetting their attempts would defeat the retry limit.
+        """
+        if (ids is None) == (flt is None):
+            raise ValueError("replay by ids or by filter: give exactly one of ids and flt")
+        if limit <= 0:
+            raise ValueError("limit must be positive")
+        if ids is not None:
+            if not ids:
+                return []
+            select = (
+                "SELECT id FROM deliveries WHERE id IN (SELECT value FROM json_each(?)) "
+                "AND (state = 'dead' OR state = 'delivered') ORDER BY id LIMIT ?"
+            )
+            params: list[Any] = [orjson.dumps(ids).decode(), limit]
+        else:
+            assert flt is not None
+            state = DeliveryState.DEAD if flt.state is None else flt.state
+            if state == DeliveryState.PENDING:
+                raise ValueError("pending deliveries cannot be replayed (they are in flight)")
+            # Literal states (from this fixed choice, never from the caller's text): dead ones
+            # come from the partial index deliveries_dead in id order; delivered ones walk the
+            # primary key, where they are dense.
+            where = ["state = 'dead'" if state == DeliveryState.DEAD else "state = 'delivered'"]
+            params = []
+            if flt.group_key is not None:
+                where.append("group_key = ?")
+                params.append(flt.group_key)
+            if flt.integration is not None:
+                where.append("integration = ?")
+                params.append(flt.integration)
+            if flt.created_after is not None:
+                where.append("created_at > ?")
+                params.append(flt.created_after)
+            if flt.created_before is not None:
+                where.append("created_at < ?")
+                params.append(flt.created_before)
+            params.append(limit)
+            select = f"SELECT id FROM deliveries WHERE {' AND '.join(where)} ORDER BY id LIMIT ?"
+
+        def replay(c: sqlite3.Connection) -> list[str]:
+            # Select then update inside BEGIN IMMEDIATE with the only writer: nothing changes
+            # between the two, so the ids returned are exactly the rows updated.
+            found = [r[0] for r in c.execute(select, params)]
+            if found:
+                c.executemany(_REPLAY_DELIVERY, [(now, now, did) for did in found])
+            return found
+
+        return await self._write(replay)
+
+    async def lane_stats(self, now: float) -> list[LaneStats]:
+        """Per lane with any pending or dead delivery: counts and the oldest pending, sorted
+        by lane. Both counts come from one snapshot."""
+
+        def q(c: sqlite3.Connection) -> list[LaneStats]:
+            # Literal states: the pending side is one ordered walk of deliveries_lane_due
+            # (grouped by its leading columns, so no sort), the dead side a scan of
+            # deliveries_dead. Neither touches delivered rows, however many pile up.
+            lanes: dict[tuple[str, str], LaneStats] = {}
+            for g, i, pending, due, oldest in c.execute(
+                "SELECT group_key, integration, count(*), "
+                "coalesce(sum(next_attempt_at <= ?), 0), min(created_at) "
+                "FROM deliveries WHERE state = 'pending' GROUP BY group_key, integration",
+                (now,),
+            ):
+                lanes[(g, i)] = LaneStats(g, i, pending, due, 0, oldest)
+            for g, i, dead in c.execute(
+                "SELECT group_key, integration, count(*) FROM deliveries "
+                "WHERE state = 'dead' GROUP BY group_key, integration"
+            ):
+                stats = lanes.get((g, i))
+                if stats is None:
+                    lanes[(g, i)] = LaneStats(g, i, 0, 0, dead, None)
+                else:
+                    stats.dead = dead
+            return [lanes[k] for k in sorted(lanes)]
+
+        return await self._read(lambda c: self._snapshot(c, q))
+
+    async def set_lane_paused(
+        self, group_key: str, integration: str, paused: bool, now: float
+    ) -> bool:
+        """Pause or resume a lane durably; True when that changed something.
+
+        Pausing a paused lane keeps its first ``paused_at`` (when the pause began).
+        """
+
+        def set_paused(c: sqlite3.Connection) -> bool:
+            if paused:
+                cur = c.execute(
+                    "INSERT INTO paused_lanes (group_key, integration, paused_at) "
+                    "VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+                    (group_key, integration, now),
+                )
+            else:
+                cur = c.execute(
+                    "DELETE FROM paused_lanes WHERE group_key = ? AND integration = ?",
+                    (group_key, integration),
+                )
+            return cur.rowcount > 0
+
+        return await self._write(set_paused)
+
+    async def paused_lanes(self) -> set[tuple[str, str]]:
+        """Every paused lane as (group_key, integration)."""
+        return await self._read(
+            lambda c: {
+                (r[0], r[1]) for r in c.execute("SELECT group_key, integration FROM paused_lanes")
+            }
+        )
+
+    async def purge_delivered(self, before: float, limit: int = 5000) -> int:
+        """Delete up to ``limit`` old, fully delivered records in one transaction; return how
+        many.
+
+        Old records are found by a range of the records' primary key rather than an index on
+        ``received_at``: record ids begin with their creation time in milliseconds
+        (gateway/ids.py), and ingest takes ``received_at`` before it makes the id, so every
+        record whose id sorts below ``rec_<ms of before>`` was received before ``before``.
+        ``received_at < ?`` is checked as well, so a record whose id does not follow that
+        scheme is never purged early; one received in the last millisecond before ``before``
+        waits for the next purge. Ingest pays for no extra index.
+
+        A record goes only if none of its deliveries is pending or dead (a record without
+        deliveries has nothing left to do). Its deliveries and their attempts go with it by
+        ``ON DELETE CASCADE`` (``_connect`` turns foreign keys on for every connection); the
+        row count is of records only, as SQLite does not count cascaded deletes.
+        """
+        if limit <= 0:
+            return 0
+        ms = min(max(int(before * 1000), 0), 16**12 - 1)
+        bound = f"{_RECORD_ID_PREFIX}{ms:012x}"
+        # Oldest first (primary-key order), so the records past the retention go in the order
+        # they arrived. `state = 'pending' OR state = 'dead'` is spelled out (not `!=
+        # 'delivered'`) to state what keeps a record; deliveries_record finds its deliveries.
+        sql = (
+            "DELETE FROM records WHERE id IN (SELECT r.id FROM records r "
+            "WHERE r.id < ? AND r.received_at < ? AND NOT EXISTS ("
+            "SELECT 1 FROM deliveries d WHERE d.record_id = r.id "
+            "AND (d.state = 'pending' OR d.state = 'dead')) "
+            "ORDER BY r.id LIMIT ?)"
+        )
+
+        def purge(c: sqlite3.Connection) -> int:
+            return c.execute(sql, (bound, before, limit)).rowcount
+
+        return await self._write(purge)
