@@ -17,6 +17,7 @@ from gateway.admin import api as admin
 from gateway.auth.keys import KeyRing, MasterKeyError, SecretBox, load_master_key
 from gateway.auth.sigv4 import SigV4Verifier
 from gateway.config import Settings
+from gateway.delivery.engine import ENGINE, DeliveryEngine, EngineSettings
 from gateway.errors import ApiError, json_response
 from gateway.ingest import api
 from gateway.ingest.ratelimit import KeyedLimiter
@@ -150,6 +151,16 @@ def create_app(settings: Settings, store: Store | None = None) -> web.Applicatio
     app[STORE] = the_store
     app[MAPPINGS] = mappings
     app[RELOADER] = MappingReloader(mappings)
+    engine = DeliveryEngine(
+        the_store,
+        mappings,
+        EngineSettings(
+            lease_seconds=settings.delivery_lease,
+            poll_interval=settings.delivery_poll_interval,
+            max_in_flight=settings.delivery_max_in_flight,
+        ),
+    )
+    app[ENGINE] = engine
     app[api.INGEST] = api.Ingest(
         store=the_store,
         keys=KeyRing(the_store, SecretBox(master), ttl=settings.key_cache_ttl),
@@ -167,6 +178,7 @@ def create_app(settings: Settings, store: Store | None = None) -> web.Applicatio
         max_batch_records=settings.max_batch_records,
         idempotency_ttl=settings.idempotency_ttl,
         signature_ttl=2 * settings.clock_skew,
+        on_commit=engine.notify if settings.delivery else None,
     )
     api.add_routes(app)
     admin.add_routes(app, settings.admin_token.get_secret_value() if settings.admin_token else None)
@@ -187,7 +199,11 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         raise
     reloader = app[RELOADER]
     await reloader.reload("start")
-    housekeeping = asyncio.create_task(_housekeeping(store))
+    settings = app[SETTINGS]
+    engine = app[ENGINE]
+    if settings.delivery:
+        await engine.start()
+    housekeeping = asyncio.create_task(_housekeeping(store, settings.retention))
     watcher = asyncio.create_task(reloader.watch())
     loop = asyncio.get_running_loop()
     with contextlib.suppress(NotImplementedError, RuntimeError):  # no signals off the main thread
@@ -202,14 +218,17 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     housekeeping.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await housekeeping
+    if settings.delivery:
+        await engine.stop()
     # Pending commits finish before the store closes: every 202 sent is durable.
     await store.close()
     logs.log("stopped")
     logs.flush()
 
 
-async def _housekeeping(store: Store) -> None:
-    """Periodic chores: flush logs, purge expired idempotency entries."""
+async def _housekeeping(store: Store, retention: float) -> None:
+    """Periodic chores: flush logs, purge expired idempotency entries and delivered records
+    past their retention (in chunks, so the writer is never held long)."""
     last_purge = 0.0
     while True:
         await asyncio.sleep(1.0)
@@ -221,5 +240,14 @@ async def _housekeeping(store: Store) -> None:
                 removed = await store.purge_idempotency(now)
                 if removed:
                     logs.log("idempotency_purged", removed=removed)
+                purged = 0
+                while True:
+                    n = await store.purge_delivered(now - retention)
+                    purged += n
+                    if n == 0:
+                        break
+                    await asyncio.sleep(0.05)
+                if purged:
+                    logs.log("records_purged", removed=purged, retention_s=retention)
             except StoreError as exc:
                 logs.log("purge_failed", "warning", error=str(exc))

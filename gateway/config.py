@@ -66,6 +66,27 @@ class Settings(BaseModel):
     key_cache_ttl: float = Field(
         2.0, gt=0, description="Seconds an access key is cached (a revocation's longest delay)."
     )
+    delivery: bool = Field(
+        True, description="Run the delivery engine in this process (off: ingest only)."
+    )
+    delivery_lease: float = Field(
+        60.0,
+        gt=0,
+        description="Seconds a claimed delivery is leased; after a crash, the longest wait "
+        "before another process (or the restarted one) sends it.",
+    )
+    delivery_poll_interval: float = Field(
+        1.0, gt=0, description="Seconds between looks for due deliveries (new records wake it)."
+    )
+    delivery_max_in_flight: int = Field(
+        10000, gt=0, description="Deliveries claimed and not yet finished, all lanes together."
+    )
+    retention: float = Field(
+        7 * 86400.0,
+        gt=0,
+        description="Seconds delivered records are kept before they are purged (dead ones "
+        "stay until replayed).",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Log level."
     )

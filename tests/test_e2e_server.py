@@ -199,10 +199,11 @@ def test_real_signers_are_accepted_and_records_stored(gw: GatewayProcess) -> Non
         rec = _get_record(gw, rid, key, secret)
         assert rec["group_key"] == "demo"
         assert rec["data"] == {"via": via}, via
-        # The demo mapping sends every record to its file integration: one pending delivery.
-        assert [(d["integration"], d["state"]) for d in rec["deliveries"]] == [
-            ("local_file", "pending")
-        ]
+        # The demo mapping sends every record to its file integration: one delivery, which
+        # the engine may already have made.
+        [(name, state)] = [(d["integration"], d["state"]) for d in rec["deliveries"]]
+        assert name == "local_file"
+        assert state in ("pending", "delivered")
     assert set(ids.values()) <= _stored_ids(gw)
 
 

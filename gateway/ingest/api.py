@@ -7,6 +7,7 @@ only after it and its deliveries are committed (group commit in the store).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -49,6 +50,8 @@ class Ingest:
     max_batch_records: int
     idempotency_ttl: float
     signature_ttl: float
+    # Called with the number of records after each commit: wakes the delivery engine, counts.
+    on_commit: Callable[[int], None] | None = None
 
 
 INGEST = web.AppKey("ingest", Ingest)
@@ -197,6 +200,8 @@ async def _commit(
     if not result.committed:
         assert result.replay is not None
         return idempotency.replay_response(result.replay, req_hash)
+    if ing.on_commit is not None:
+        ing.on_commit(len(records))
     return web.Response(body=payload, status=status, content_type="application/json")
 
 

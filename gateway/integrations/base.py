@@ -7,8 +7,9 @@ all read these declarations; nothing else describes a type.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, Literal, Protocol
 
 ParamType = Literal["string", "integer", "number", "boolean", "url", "object", "list"]
@@ -128,10 +129,40 @@ class BuildErrors(Exception):
         super().__init__("; ".join(f"{d}: {e}" for d, e in errors.items()))
 
 
-# Reading responses into per-delivery outcomes (delivered / retry at T / permanent, with the
-# reason; per entry where the integration answers per entry) comes with the delivery engine
-# (issue 4) as IntegrationType.read.
-Reader = Callable[..., Any]
+@dataclass(slots=True)
+class Response:
+    """An integration's answer to one :class:`OutboundRequest`."""
+
+    status: int
+    headers: Mapping[str, str]  # case-insensitive where the transport provides it
+    body: bytes
+
+
+class OutcomeKind(StrEnum):
+    """What became of one delivery in one attempt."""
+
+    DELIVERED = "delivered"
+    RETRY = "retry"  # may succeed later: backoff, then again
+    PERMANENT = "permanent"  # will not succeed as it is: dead, with the reason
+
+
+@dataclass(slots=True)
+class Outcome:
+    """One delivery's outcome. ``retry_after``: the integration's own wait, in seconds."""
+
+    delivery_id: str
+    kind: OutcomeKind
+    status: int | None = None
+    error: str | None = None
+    retry_after: float | None = None
+
+
+class Reader(Protocol):
+    """``read(request, response) -> outcomes``: one :class:`Outcome` per delivery of the
+    request, in any order; a delivery left out is judged by the response status alone. An
+    integration that answers per entry says which entries failed, and only those retry."""
+
+    def __call__(self, request: OutboundRequest, response: Response) -> list[Outcome]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,7 +176,7 @@ class IntegrationType:
     actions: tuple[Action, ...] = ()
     default_options: dict[str, Any] = field(default_factory=dict)
     build: Builder | None = None  # mapped records -> requests (see Builder)
-    read: Reader | None = None  # responses -> per-delivery outcomes (delivery engine)
+    read: Reader | None = None  # responses -> per-delivery outcomes; None: by status alone
 
     def action(self, name: str | None) -> Action | None:
         """The named action; with no name, the only one (None when there are several)."""

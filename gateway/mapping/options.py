@@ -57,6 +57,30 @@ class RetryOptions(BaseModel):
         return parse_duration(v)
 
 
+class BreakerOptions(BaseModel):
+    """Circuit breaker: stop sending to an integration that keeps failing, probe it later."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    failures: int = Field(5, ge=1, description="Consecutive failed requests that open it.")
+    failure_ratio: float = Field(
+        0.5, gt=0, le=1, description="Share of failed requests in the window that opens it."
+    )
+    window: float = Field(60.0, description="Window of the failure ratio (60s).")
+    min_requests: int = Field(
+        20, ge=1, description="Requests in the window before the ratio counts."
+    )
+    cooldown: float = Field(30.0, description="Open this long before a probe (30s).")
+    max_cooldown: float = Field(
+        600.0, description="Each failed probe doubles the cooldown, up to this (10m)."
+    )
+
+    @field_validator("window", "cooldown", "max_cooldown", mode="before")
+    @classmethod
+    def _duration(cls, v: Any) -> float:
+        return parse_duration(v)
+
+
 class DeliveryOptions(BaseModel):
     """Delivery behaviour of one integration entry; unset values take the type's defaults."""
 
@@ -68,6 +92,7 @@ class DeliveryOptions(BaseModel):
     batch_wait: float | None = Field(None, description="Longest wait to fill a batch (250ms).")
     timeout: float | None = Field(None, description="Request timeout (30s).")
     retry: RetryOptions = Field(default_factory=RetryOptions)
+    breaker: BreakerOptions = Field(default_factory=BreakerOptions)
     ordering_key: str | None = Field(
         None, description="Attribute whose equal values are delivered in order."
     )

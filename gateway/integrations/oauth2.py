@@ -1,0 +1,135 @@
+"""OAuth2 client-credentials tokens (RFC 6749 section 4.4) for the ``http`` type's auth.
+
+Tokens are cached per (token URL, client id, scope) until shortly before they expire and
+fetched by one caller at a time (concurrent requests of a lane wait for the same fetch). A 401
+from the integration drops the cached token so the next build fetches a fresh one; the engine
+retries that request once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import orjson
+
+#: Refresh this long before the token's stated expiry (clocks and in-flight requests).
+EXPIRY_MARGIN = 60.0
+DEFAULT_LIFETIME = 3600.0
+
+
+class TokenError(Exception):
+    """The token endpoint refused (``permanent``) or could not be reached (retry)."""
+
+    def __init__(self, message: str, *, permanent: bool) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+
+
+@dataclass(slots=True)
+class _Token:
+    value: str
+    expires_at: float  # monotonic
+
+
+def _key(auth: dict[str, Any]) -> tuple[str, str, str]:
+    return (
+        str(auth.get("token_url", "")),
+        str(auth.get("client_id", "")),
+        str(auth.get("scope") or ""),
+    )
+
+
+class TokenCache:
+    """Cached client-credentials tokens, fetched with the transport's session."""
+
+    def __init__(self, session: aiohttp.ClientSession | None = None) -> None:
+        self._session = session
+        self._tokens: dict[tuple[str, str, str], _Token] = {}
+        self._locks: dict[tuple[str, str, str], asyncio.Lock] = {}
+        self.fetches = 0  # token requests made (tests, metrics)
+
+    @staticmethod
+    def needs_token(integration: Any) -> bool:
+        """Whether the integration's auth is OAuth2 client credentials."""
+        auth = integration.connection.value.get("auth") or {}
+        return auth.get("type") == "oauth2_client_credentials"
+
+    def get(self, integration: Any) -> str:
+        """The cached token (the builder's token provider); :meth:`ensure` must come first."""
+        token = self._tokens.get(_key(integration.connection.value["auth"]))
+        if token is None:
+            raise TokenError("no OAuth2 token was fetched", permanent=False)
+        return token.value
+
+    def invalidate(self, integration: Any) -> None:
+        """Forget the integration's token (it was refused with a 401)."""
+        self._tokens.pop(_key(integration.connection.value["auth"]), None)
+
+    async def ensure(self, integration: Any, session: aiohttp.ClientSession) -> None:
+        """Have a token that is good for a while yet, fetching one if needed."""
+        auth = integration.connection.value["auth"]
+        key = _key(auth)
+        token = self._tokens.get(key)
+        if token is not None and token.expires_at > time.monotonic():
+            return
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            token = self._tokens.get(key)
+            if token is not None and token.expires_at > time.monotonic():
+                return  # another request fetched it while this one waited
+            self._tokens[key] = await self._fetch(auth, session)
+
+    async def _fetch(self, auth: dict[str, Any], session: aiohttp.ClientSession) -> _Token:
+        url = auth.get("token_url")
+        client_id = auth.get("client_id")
+        secret = auth.get("client_secret")
+        if not url or not client_id or not secret:
+            raise TokenError(
+                "connection.auth needs token_url, client_id and client_secret for "
+                "oauth2_client_credentials",
+                permanent=True,
+            )
+        form = {"grant_type": "client_credentials"}
+        if auth.get("scope"):
+            form["scope"] = str(auth["scope"])
+        basic = None
+        if auth.get("client_auth", "basic") == "body":
+            form.update(client_id=str(client_id), client_secret=str(secret))
+        else:
+            basic = aiohttp.BasicAuth(str(client_id), str(secret))
+        self.fetches += 1
+        try:
+            async with session.post(
+                str(url),
+                data=form,
+                auth=basic,
+                headers={"Accept": "application/json"},
+                timeout=aiohttp.ClientTimeout(total=30),
+            ) as resp:
+                body = await resp.read()
+                status = resp.status
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise TokenError(
+                f"OAuth2 token endpoint: {exc or type(exc).__name__}", permanent=False
+            ) from None
+        if status != 200:
+            text = body[:300].decode("utf-8", "replace")
+            # 400/401 (invalid_client, invalid_scope...) will not pass by waiting; the rest may.
+            permanent = status in (400, 401, 403)
+            raise TokenError(
+                f"OAuth2 token endpoint answered HTTP {status}: {text}", permanent=permanent
+            )
+        try:
+            doc = orjson.loads(body)
+            value = str(doc["access_token"])
+            lifetime = float(doc.get("expires_in") or DEFAULT_LIFETIME)
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            raise TokenError(
+                "OAuth2 token endpoint answered without an access_token", permanent=False
+            ) from None
+        margin = min(EXPIRY_MARGIN, lifetime / 10)
+        return _Token(value, time.monotonic() + lifetime - margin)

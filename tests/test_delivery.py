@@ -1,0 +1,79 @@
+"""The delivery engine against real local HTTP servers: outcomes, retries, lanes, breakers."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from gateway.store.base import DeliveryState
+from tests.delivery_rig import Rig, http_entry
+from tests.receiver import Answer, Receiver
+
+
+@pytest.fixture
+async def receiver():
+    r = await Receiver().start()
+    yield r
+    await r.stop()
+
+
+async def test_delivered_once_on_200(tmp_path: Path, receiver: Receiver) -> None:
+    rig = await Rig.create(tmp_path, [http_entry("hook", receiver.url + "/in")])
+    try:
+        ids = await rig.add(["hook"], {"email": "a@example.com", "n": 1})
+        [d] = await rig.wait_settled(ids)
+        assert d.state == DeliveryState.DELIVERED
+        assert d.attempts == 1
+        assert d.last_status == 200
+        await asyncio.sleep(0.2)
+        assert len(receiver.requests) == 1
+        got = receiver.requests[0]
+        assert got.method == "POST"
+        assert got.path == "/in"
+        assert got.json() == {"email": "a@example.com", "n": 1}
+        assert got.headers["Idempotency-Key"] == ids[0]
+        attempts = await rig.store.list_attempts(ids[0])
+        assert [a.status for a in attempts] == [200]
+        assert attempts[0].mapping_version == rig.registry.get("shop").version
+    finally:
+        await rig.close()
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 504, 408, 429])
+async def test_retried_on_transient_status_then_delivered(
+    tmp_path: Path, receiver: Receiver, status: int
+) -> None:
+    answers = iter([Answer(status), Answer(status)])
+    receiver.answer = lambda r: next(answers, Answer(200))
+    rig = await Rig.create(tmp_path, [http_entry("hook", receiver.url)])
+    try:
+        ids = await rig.add(["hook"])
+        [d] = await rig.wait_settled(ids)
+        assert d.state == DeliveryState.DELIVERED
+        assert d.attempts == 3
+        assert [a.status for a in await rig.store.list_attempts(ids[0])] == [status, status, 200]
+        # Same delivery, same idempotency key on every try.
+        assert {r.headers["Idempotency-Key"] for r in receiver.seen} == {ids[0]}
+    finally:
+        await rig.close()
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 422])
+async def test_permanent_status_goes_dead_at_once(
+    tmp_path: Path, receiver: Receiver, status: int
+) -> None:
+    receiver.answer = lambda r: Answer(status, body=b'{"error":"nope"}')
+    rig = await Rig.create(tmp_path, [http_entry("hook", receiver.url)])
+    try:
+        ids = await rig.add(["hook"])
+        [d] = await rig.wait_settled(ids)
+        assert d.state == DeliveryState.DEAD
+        assert d.attempts == 1
+        assert d.last_status == status
+        assert d.last_error == f'HTTP {status}: {{"error":"nope"}}'
+        await asyncio.sleep(0.3)
+        assert len(receiver.seen) == 1
+    finally:
+        await rig.close()
