@@ -619,6 +619,38 @@ async def test_update_deliveries_sets_state_attempts_and_attempt_rows(store: Sto
     assert await store.update_deliveries([]) == 0
 
 
+async def test_get_delivery_by_id_in_every_state(store: Store) -> None:
+    r = rec(integrations=("crm", "mail"), received_at=1000.0)
+    await add(store, r)
+    crm, mail = r.delivery_ids
+    got = await store.get_delivery(crm)
+    assert got is not None
+    assert (got.id, got.record_id, got.group_key, got.integration) == (crm, r.id, "g", "crm")
+    assert (got.state, got.attempts, got.created_at) == (DeliveryState.PENDING, 0, 1000.0)
+    assert await store.get_delivery("dlv_nonexistent") is None
+    await store.claim_deliveries("w", limit=10, lease_seconds=30, now=1001.0)
+    await settle(
+        store,
+        "w",
+        {
+            crm: outcome(crm, DeliveryState.DEAD, at=1002.0, error="HTTP 400"),
+            mail: outcome(mail, DeliveryState.DELIVERED, at=1002.0),
+        },
+    )
+    dead = await store.get_delivery(crm)
+    assert dead is not None
+    assert (dead.state, dead.last_error, dead.last_status) == (DeliveryState.DEAD, "HTTP 400", 503)
+    done = await store.get_delivery(mail)
+    assert done is not None
+    assert done.state == DeliveryState.DELIVERED
+    assert done.delivered_at is not None
+    # The same row the record shows.
+    record = await store.get_record(r.id)
+    assert record is not None
+    assert {d.id: d for d in record.deliveries} == {crm: dead, mail: done}
+    assert "get_delivery" in Store.__abstractmethods__
+
+
 # -- listing ----------------------------------------------------------------------------------
 async def _walk(store: Store, flt: DeliveryFilter, limit: int) -> list[str]:
     ids: list[str] = []

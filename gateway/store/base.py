@@ -301,6 +301,10 @@ class Store(abc.ABC):
         """Deliveries matching ``flt``, oldest first, one page at a time."""
 
     @abc.abstractmethod
+    async def get_delivery(self, delivery_id: str) -> Delivery | None:
+        """One delivery by id, whatever its state, or None."""
+
+    @abc.abstractmethod
     async def list_attempts(self, delivery_id: str) -> list[Attempt]:
         """Every recorded attempt of a delivery, oldest first."""
 

@@ -1021,6 +1021,17 @@ class SQLiteStore(Store):
 
         return await self._read(q)
 
+    async def get_delivery(self, delivery_id: str) -> Delivery | None:
+        """One delivery by id, whatever its state, or None."""
+
+        def q(c: sqlite3.Connection) -> Delivery | None:
+            row = c.execute(
+                f"SELECT {_DELIVERY_COLS} FROM deliveries WHERE id = ?", (delivery_id,)
+            ).fetchone()
+            return _delivery(row) if row is not None else None
+
+        return await self._read(q)
+
     async def list_attempts(self, delivery_id: str) -> list[Attempt]:
         """Every recorded attempt of a delivery, oldest first."""
 
