@@ -24,6 +24,7 @@ from gateway.ingest.ratelimit import KeyedLimiter
 from gateway.ingest.validate import Limits
 from gateway.mapping.loader import MappingRegistry
 from gateway.mapping.watch import MappingReloader
+from gateway.metrics import METRICS, Metrics, calls_both, metrics_handler
 from gateway.store import open_store
 from gateway.store.base import Store, StoreError
 
@@ -73,6 +74,10 @@ async def envelope_and_log(request: web.Request, handler: Handler) -> web.Stream
         )
         code = "INTERNAL_ERROR"
         response = ApiError(500, code, "internal error; the event is logged").response()
+    if code is not None and request.path.startswith("/v1/"):
+        metrics = request.app.get(METRICS)
+        if metrics is not None:
+            metrics.request_refused(code)
     info = logs.info(request)
     if info.headers:
         response.headers.update(info.headers)
@@ -151,6 +156,8 @@ def create_app(settings: Settings, store: Store | None = None) -> web.Applicatio
     app[STORE] = the_store
     app[MAPPINGS] = mappings
     app[RELOADER] = MappingReloader(mappings)
+    metrics = Metrics(the_store, mappings)
+    app[METRICS] = metrics
     engine = DeliveryEngine(
         the_store,
         mappings,
@@ -159,7 +166,9 @@ def create_app(settings: Settings, store: Store | None = None) -> web.Applicatio
             poll_interval=settings.delivery_poll_interval,
             max_in_flight=settings.delivery_max_in_flight,
         ),
+        hooks=metrics.hooks,
     )
+    metrics.engine = engine
     app[ENGINE] = engine
     app[api.INGEST] = api.Ingest(
         store=the_store,
@@ -178,12 +187,17 @@ def create_app(settings: Settings, store: Store | None = None) -> web.Applicatio
         max_batch_records=settings.max_batch_records,
         idempotency_ttl=settings.idempotency_ttl,
         signature_ttl=2 * settings.clock_skew,
-        on_commit=engine.notify if settings.delivery else None,
+        on_commit=(
+            calls_both(metrics.records_committed, engine.notify)
+            if settings.delivery
+            else metrics.records_committed
+        ),
     )
     api.add_routes(app)
     admin.add_routes(app, settings.admin_token.get_secret_value() if settings.admin_token else None)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_handler)  # unauthenticated: keep it off the internet
     app.router.add_get("/openapi.json", openapi)
     app.cleanup_ctx.append(_lifecycle)
     return app

@@ -25,7 +25,12 @@ def test_every_route_is_documented_with_its_method() -> None:
         for r in app.router.routes()
         if r.method != "HEAD" and r.resource is not None
     }
-    routes |= {("get", "/healthz"), ("get", "/readyz"), ("get", "/openapi.json")}
+    routes |= {
+        ("get", "/healthz"),
+        ("get", "/readyz"),
+        ("get", "/metrics"),
+        ("get", "/openapi.json"),
+    }
     paths = json.loads(openapi_document())["paths"]
     documented = {(m, p) for p, ops in paths.items() for m in ops if m != "parameters"}
     assert routes == documented

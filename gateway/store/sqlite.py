@@ -307,6 +307,10 @@ class SQLiteStore(Store):
         self.max_batch_records = max_batch_records
         self.busy_timeout = busy_timeout
         self.stats = CommitStats()
+        # Called on the writer thread with each committed write transaction's duration
+        # (BEGIN to COMMIT, seconds): metrics. Keep it cheap and thread-safe; its errors are
+        # swallowed, never the caller's.
+        self.on_commit_seconds: Callable[[float], None] | None = None
         self.migrations_applied: list[int] = []  # versions the last open() applied
 
         self._read_threads = read_threads
@@ -503,6 +507,7 @@ class SQLiteStore(Store):
     def _transaction(self, body: Callable[[sqlite3.Connection], R]) -> R:
         """Run ``body`` in BEGIN IMMEDIATE ... COMMIT on the write connection."""
         conn = self._writer_conn()
+        started = time.perf_counter()
         conn.execute("BEGIN IMMEDIATE")
         try:
             result = body(conn)
@@ -513,6 +518,10 @@ class SQLiteStore(Store):
                     conn.execute("ROLLBACK")
             raise
         self.stats.commits += 1
+        observe = self.on_commit_seconds
+        if observe is not None:
+            with contextlib.suppress(Exception):
+                observe(time.perf_counter() - started)
         return result
 
     def _run_call(self, job: _CallJob) -> None:
