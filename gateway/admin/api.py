@@ -35,7 +35,8 @@ def require_admin(request: web.Request) -> None:
 
 def add_routes(app: web.Application, admin_token: str | None) -> None:
     """Register the admin API's routes; each handler module adds its own."""
-    from gateway.admin import mappings
+    from gateway.admin import deliveries, mappings
 
     app[ADMIN_TOKEN] = admin_token or ""
     mappings.add_routes(app)
+    deliveries.add_routes(app)
