@@ -99,3 +99,53 @@ class Receiver:
         async with self.arrived:
             await asyncio.wait_for(self.arrived.wait_for(lambda: len(self.requests) >= n), within)
         return self.requests
+
+
+class ThreadedReceiver:
+    """The same idea for tests that are not async (a real gateway process): a threading HTTP
+    server answering ``status`` (changeable at any time), after ``delay`` seconds, recording
+    each request's JSON body and headers."""
+
+    def __init__(self, status: int = 200, delay: float = 0.0) -> None:
+        import http.server
+        import threading
+
+        self.status = status
+        self.delay = delay
+        self.bodies: list[Any] = []
+        self.headers: list[dict[str, str]] = []
+        self.lock = threading.Lock()
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if outer.delay:
+                    time.sleep(outer.delay)
+                status = outer.status
+                if 200 <= status < 300:
+                    with outer.lock:
+                        outer.bodies.append(orjson.loads(body))
+                        outer.headers.append(dict(self.headers))
+                self.send_response(status)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"{}")
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> ThreadedReceiver:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()

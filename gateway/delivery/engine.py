@@ -112,7 +112,7 @@ class DeliveryEngine:
         self._wake = asyncio.Event()
         self._stopping = False
         self._dispatcher: asyncio.Task[None] | None = None
-        self._attempts: set[asyncio.Task[None]] = set()
+        self._attempts: set[asyncio.Task[Any]] = set()
         self._paused: set[tuple[str, str]] = set()
         self._paused_checked = 0.0
         self._warned_tls: set[tuple[str, str]] = set()
@@ -255,27 +255,31 @@ class DeliveryEngine:
         now = time.monotonic()
         wall = self._clock()
         later: dict[float, list[str]] = {}
+        overflow: dict[tuple[str, str], int] = {}
         for c in claimed:
             lane = self.lane(c.delivery.group_key, c.delivery.integration)
             at = self._not_before(lane, now, wall)
+            if at is None and lane.held() >= lane.capacity(self.settings.lease_seconds, now):
+                # Spread what the lane cannot hold over the time it needs to get there, so
+                # the deliveries come due about as fast as the lane sends.
+                n = overflow[lane.key] = overflow.get(lane.key, 0) + 1
+                wait = (lane.held() + n) / max(lane.throughput(now), 0.1)
+                at = wall + min(max(0.5, wait), self.settings.lease_seconds / 2)
             if at is None:
                 lane.queue.append((c, now))
                 lane.wake.set()
             else:
-                later.setdefault(round(at, 1), []).append(c.delivery.id)
+                later.setdefault(float(round(at)), []).append(c.delivery.id)
         for at, ids in later.items():
             await self.store.release_deliveries(self.owner, ids, at)
 
     def _not_before(self, lane: Lane, now: float, wall: float) -> float | None:
-        """None when the lane takes a delivery now; else the wall time to offer it again."""
+        """None when the lane can send now; else the wall time to offer it again."""
         if lane.paused:
             return wall + PAUSE_DEFER
         blocked = lane.blocked_until(now)
         if blocked is not None:
             return monotonic_to_wall(blocked) + self._rng.uniform(0, 1)
-        if lane.held() >= lane.capacity(self.settings.lease_seconds):
-            drain = lane.held() / max(lane.throughput(now), 0.1)
-            return wall + min(max(1.0, drain), self.settings.lease_seconds / 2)
         return None
 
     # -- lanes ----------------------------------------------------------------------------
@@ -389,11 +393,7 @@ class DeliveryEngine:
             else:
                 batch.append(c)
         if expiring:
-            task = asyncio.create_task(
-                self.store.release_deliveries(self.owner, expiring, self._clock())
-            )
-            self._attempts.add(task)  # type: ignore[arg-type]
-            task.add_done_callback(self._attempts.discard)  # type: ignore[arg-type]
+            self._spawn(self.store.release_deliveries(self.owner, expiring, self._clock()))
         return batch
 
     # -- one attempt ----------------------------------------------------------------------
@@ -606,6 +606,22 @@ class DeliveryEngine:
                 integration=lane.integration,
             )
             self.hooks.breaker_changed(lane, after)
+            if after == BreakerState.CLOSED:
+                # Back: what waited out the outage (deferred, or in backoff) is due now, and
+                # the request times measured during the outage no longer say anything.
+                lane.forget_history()
+                self._spawn(self._recovered(lane))
+
+    async def _recovered(self, lane: Lane) -> None:
+        await self.store.reschedule_lane(
+            lane.group_key, lane.integration, at=self._clock(), only_earlier=False
+        )
+        self.notify()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._attempts.add(task)
+        task.add_done_callback(self._attempts.discard)
 
     # -- bookkeeping ----------------------------------------------------------------------
     async def _record(
@@ -650,7 +666,7 @@ class DeliveryEngine:
                     c.retried += 1
                 c.last_error, c.last_error_at = error, now
             updates.append(DeliveryUpdate(d.id, self.owner, state, at, error, o.status, attempt))
-        lane.finished(len(items), time.monotonic())
+        lane.finished(duration_ms / 1000)
         for delay in (0.0, 0.5, 2.0, 5.0):
             await asyncio.sleep(delay)
             try:

@@ -20,6 +20,9 @@ from gateway.integrations.transport import Timeouts
 from gateway.mapping.options import BreakerOptions, DeliveryOptions, RetryOptions
 from gateway.store.base import ClaimedDelivery
 
+#: The most claimed deliveries one lane holds (queued or in flight).
+MAX_HELD = 5000
+
 
 @dataclass(frozen=True, slots=True)
 class LaneConfig:
@@ -101,7 +104,7 @@ class Lane:
         self.slots = asyncio.Semaphore(config.concurrency)
         self.probe_done = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
-        self._recent: collections.deque[tuple[float, int]] = collections.deque()
+        self.request_seconds: float | None = None  # moving average of attempts
 
     @property
     def key(self) -> tuple[str, str]:
@@ -128,34 +131,36 @@ class Lane:
         self.config = config
 
     # -- capacity -------------------------------------------------------------------------
-    def capacity(self, lease_seconds: float) -> int:
+    def capacity(self, lease_seconds: float, now: float) -> int:
         """How many claimed deliveries the lane may hold: enough to keep its requests busy,
         few enough to send them all well inside the lease."""
         c = self.config
-        cap = max(c.batch_size * c.concurrency * 4, 64)
-        if c.rate_limit is not None:
-            cap = min(cap, max(c.batch_size, int(c.rate_limit * c.batch_size * lease_seconds / 4)))
-        return cap
+        busy = c.batch_size * c.concurrency * 2
+        return max(busy, min(int(self.throughput(now) * lease_seconds / 4), MAX_HELD))
 
     def held(self) -> int:
         """Deliveries queued or in flight."""
         return len(self.queue) + self.sending
 
     def throughput(self, now: float) -> float:
-        """Deliveries finished per second over the last ten seconds (at least a guess)."""
-        horizon = now - 10.0
-        while self._recent and self._recent[0][0] < horizon:
-            self._recent.popleft()
-        done = sum(n for _, n in self._recent)
-        if done:
-            return done / 10.0
+        """Deliveries a second the lane can send when busy: its connections over the usual
+        request time (a guess of 50 ms until measured), capped by its rate limit. Measured
+        per request, not per second, so an idle or recovering lane is not underestimated."""
         c = self.config
-        guess = float(c.batch_size * c.concurrency)
-        return min(guess, c.rate_limit * c.batch_size) if c.rate_limit else guess
+        seconds = self.request_seconds if self.request_seconds is not None else 0.05
+        rate = c.batch_size * c.concurrency / max(seconds, 0.001)
+        return min(rate, c.rate_limit * c.batch_size) if c.rate_limit else rate
 
-    def finished(self, n: int, now: float) -> None:
-        """Count ``n`` deliveries finished (any outcome), for :meth:`throughput`."""
-        self._recent.append((now, n))
+    def forget_history(self) -> None:
+        """Drop the measured request time (after an outage it says nothing of the future)."""
+        self.request_seconds = None
+
+    def finished(self, seconds: float) -> None:
+        """Count one attempt's duration into the usual request time (a moving average)."""
+        if self.request_seconds is None:
+            self.request_seconds = seconds
+        else:
+            self.request_seconds += 0.2 * (seconds - self.request_seconds)
 
     def blocked_until(self, now: float) -> float | None:
         """Monotonic time before which nothing will be sent, or None when it can send."""
