@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import pytest
@@ -75,5 +76,41 @@ async def test_permanent_status_goes_dead_at_once(
         assert d.last_error == f'HTTP {status}: {{"error":"nope"}}'
         await asyncio.sleep(0.3)
         assert len(receiver.seen) == 1
+    finally:
+        await rig.close()
+
+
+async def test_replay_after_fixing_the_mapping_sends_through_the_new_version(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    # Version 1 requires an attribute the records do not have.
+    broken = http_entry("hook", receiver.url).replace("n: n", "n: {path: count, required: true}")
+    rig = await Rig.create(tmp_path, [broken])
+    try:
+        v1 = rig.registry.get("shop").version
+        ids = [
+            (await rig.add(["hook"], {"email": f"{i}@example.com", "n": "x"}))[0] for i in range(3)
+        ]
+        for d in await rig.wait_settled(ids):
+            assert d.state == DeliveryState.DEAD
+            assert d.last_error.startswith("mapping error")
+        assert receiver.seen == []
+        # The fix: map the attribute the records do have.
+        Rig.write_mapping(tmp_path / "mappings", "shop", [http_entry("hook", receiver.url)])
+        rig.registry.reload()
+        v2 = rig.registry.get("shop").version
+        assert v2 != v1
+        replayed = await rig.store.replay_deliveries(now=time.time(), ids=ids)
+        assert sorted(replayed) == sorted(ids)
+        rig.engine.notify()
+        for d in await rig.wait_settled(ids):
+            assert d.state == DeliveryState.DELIVERED
+        assert sorted(r.json()["email"] for r in receiver.requests) == [
+            "0@example.com",
+            "1@example.com",
+            "2@example.com",
+        ]
+        versions = [a.mapping_version for a in await rig.store.list_attempts(ids[0])]
+        assert versions == [v1, v2]
     finally:
         await rig.close()
