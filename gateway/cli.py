@@ -1,4 +1,4 @@
-"""The ``gateway`` command: serve, keys, send.
+"""The ``gateway`` command: serve, keys, send, check, preview, deliveries, status.
 
 Every option of a command is a flag and a ``GATEWAY_*`` variable (flag wins); every command finds
 the store the same way (``--store`` / ``--data-dir``).
@@ -425,6 +425,297 @@ def cmd_integrations(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- deliveries, status: clients of a running gateway's admin API ---------------------------
+
+
+class _CliFailure(Exception):
+    """A command failed: print ``message`` lines to stderr and exit with ``code``."""
+
+    def __init__(self, code: int, *lines: str) -> None:
+        super().__init__(lines[0] if lines else "")
+        self.code = code
+        self.lines = lines
+
+
+class _AdminClient:
+    """Calls the admin API of a running gateway (``--url``, ``--admin-token``)."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        import os
+
+        url = args.url or os.environ.get("GATEWAY_URL")
+        if not url:
+            s = load_settings({})
+            host = "127.0.0.1" if s.host in ("0.0.0.0", "") else s.host
+            host = "[::1]" if host == "::" else f"[{host}]" if ":" in host else host
+            url = f"http://{host}:{s.port}"
+        if not url.startswith(("http://", "https://")):
+            raise _CliFailure(
+                2,
+                f"error: the gateway's URL must be http(s)://HOST:PORT, not {url!r} "
+                "(--url or GATEWAY_URL)",
+            )
+        self.url = url.rstrip("/")
+        token = args.admin_token or os.environ.get("GATEWAY_ADMIN_TOKEN")
+        if not token:
+            raise _CliFailure(
+                2,
+                "error: no admin token: set GATEWAY_ADMIN_TOKEN to the token the gateway runs "
+                "with (or give --admin-token)",
+            )
+        self.token = token
+
+    def call(self, method: str, path: str, body: Any = None) -> Any:
+        """The JSON answer of a 2xx; an error envelope or an unreachable gateway raises
+        :class:`_CliFailure` (exit 1 and 2)."""
+        data = json.dumps(body).encode() if body is not None else None
+        headers = {"Authorization": f"Bearer {self.token}", "Accept": "application/json"}
+        if data is not None:
+            headers["Content-Type"] = "application/json"
+        req = urllib.request.Request(self.url + path, data=data, headers=headers, method=method)
+        try:
+            with urllib.request.urlopen(req, timeout=60) as resp:
+                status, raw = resp.status, resp.read()
+        except urllib.error.HTTPError as exc:
+            status, raw = exc.code, exc.read()
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise _CliFailure(
+                2,
+                f"error: cannot reach the gateway at {self.url}: {reason}",
+                "  (is it running? give its address with --url or GATEWAY_URL)",
+            ) from None
+        try:
+            answer = json.loads(raw)
+        except ValueError:
+            answer = None
+        if 200 <= status < 300 and answer is not None:
+            return answer
+        err = answer.get("error") if isinstance(answer, dict) else None
+        if not isinstance(err, dict):
+            text = raw.decode("utf-8", "replace").strip()[:200]
+            raise _CliFailure(
+                1, f"error: HTTP {status} from {self.url}{path}, not the gateway's answer: {text}"
+            )
+        lines = [f"error: {err.get('code')} (HTTP {status}): {err.get('message')}"]
+        for e in err.get("errors") or []:
+            lines.append(f"  {e.get('field')}: {e.get('message')}")
+        raise _CliFailure(1, *lines)
+
+
+def _admin_command(
+    run: Callable[[argparse.Namespace, _AdminClient], int],
+) -> Callable[[argparse.Namespace], int]:
+    def command(args: argparse.Namespace) -> int:
+        try:
+            return run(args, _AdminClient(args))
+        except _CliFailure as failure:
+            for line in failure.lines:
+                print(line, file=sys.stderr)
+            return failure.code
+
+    command.__doc__ = run.__doc__
+    return command
+
+
+def _query_string(params: dict[str, Any]) -> str:
+    from urllib.parse import urlencode
+
+    given = {k: v for k, v in params.items() if v is not None}
+    return "?" + urlencode(given) if given else ""
+
+
+def _age(seconds: float | None) -> str:
+    """A duration for people: 45s, 3m05s, 2h01m, 3d04h."""
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def _cut(text: str | None, width: int) -> str:
+    if not text:
+        return "-"
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> None:
+    """Print columns as wide as their widest cell; the last column is not padded."""
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    for row in [headers, *rows]:
+        cells = [c.ljust(w) for c, w in zip(row[:-1], widths, strict=False)]
+        print("  ".join([*cells, row[-1]]).rstrip())
+
+
+def _deliveries_list(args: argparse.Namespace, api: _AdminClient) -> int:
+    """List deliveries, oldest first, following the pages until --limit or the end."""
+    if args.limit < 0:
+        raise _CliFailure(2, "error: --limit must be 0 (no limit) or more")
+    if not 1 <= args.page_size <= 1000:
+        raise _CliFailure(2, "error: --page-size must be from 1 to 1000")
+    items: list[dict[str, Any]] = []
+    cursor = args.cursor
+    while True:
+        size = args.page_size if not args.limit else min(args.page_size, args.limit - len(items))
+        page = api.call(
+            "GET",
+            "/admin/v1/deliveries"
+            + _query_string(
+                {
+                    "state": args.state,
+                    "group": args.group,
+                    "integration": args.integration,
+                    "created_after": args.created_after,
+                    "created_before": args.created_before,
+                    "cursor": cursor,
+                    "limit": size,
+                }
+            ),
+        )
+        items += page["deliveries"]
+        cursor = page["next_cursor"]
+        if cursor is None or (args.limit and len(items) >= args.limit):
+            break
+    if args.json:
+        _print_json({"deliveries": items, "next_cursor": cursor})
+        return 0
+    if not items:
+        print("no deliveries match")
+        return 0
+    _table(
+        ["ID", "STATE", "GROUP", "INTEGRATION", "ATTEMPTS", "CREATED", "LAST ERROR"],
+        [
+            [
+                d["id"],
+                d["state"],
+                d["group_key"],
+                d["integration"],
+                str(d["attempts"]),
+                d["created_at"] or "-",
+                _cut(d["last_error"], 70),
+            ]
+            for d in items
+        ],
+    )
+    print(f"\n{len(items)} deliver{'y' if len(items) == 1 else 'ies'}")
+    if cursor is not None:
+        print(f"more match: go on with --cursor {cursor}")
+    return 0
+
+
+def _deliveries_replay(args: argparse.Namespace, api: _AdminClient) -> int:
+    """Put dead (or, with --state delivered, delivered) deliveries back to pending: they are
+    sent again at once, through the mapping live now. By --id, or by a filter."""
+    filters = {
+        "state": args.state,
+        "group": args.group,
+        "integration": args.integration,
+        "created_after": args.created_after,
+        "created_before": args.created_before,
+    }
+    given = {k: v for k, v in filters.items() if v is not None}
+    if args.id and given:
+        raise _CliFailure(
+            2, "error: give --id, or filter options (--state, --group, ...), not both"
+        )
+    if not args.id and not given:
+        raise _CliFailure(
+            2,
+            "error: say what to replay: --id ID (repeatable), or a filter such as "
+            "--state dead (every dead delivery), --group G, --integration I",
+        )
+    body: dict[str, Any] = {"ids": args.id} if args.id else {"filter": given}
+    if args.limit is not None:
+        body["limit"] = args.limit
+    answer = api.call("POST", "/admin/v1/deliveries/replay", body)
+    if args.json:
+        _print_json(answer)
+        return 0
+    n = answer["replayed"]
+    if not n:
+        print("nothing replayed: no dead or delivered delivery matched")
+        return 0
+    print(f"replayed {n} deliver{'y' if n == 1 else 'ies'} (pending again, due now):")
+    for did in answer["ids"]:
+        print(f"  {did}")
+    if not args.id and n == (args.limit or 10000):
+        print("the limit was reached: run the command again for the rest")
+    return 0
+
+
+def _status(args: argparse.Namespace, api: _AdminClient) -> int:
+    """Every lane (group, integration) at a glance: breaker, pause, backlog, oldest pending
+    delivery, dead deliveries, last error."""
+    answer = api.call("GET", "/admin/v1/lanes")
+    if args.json:
+        _print_json(answer)
+        return 0
+    lanes = answer["lanes"]
+    if not lanes:
+        print("no lanes: no group's mapping has an integration, and nothing is pending or dead")
+        return 0
+    rows = []
+    for lane in lanes:
+        name = lane["integration"]
+        if not lane["in_mapping"]:
+            name += " (not in mapping)"
+        elif lane["enabled"] is False:
+            name += " (disabled)"
+        breaker = lane["breaker"]
+        if lane.get("breaker_retry_in"):
+            breaker += f" ({_age(lane['breaker_retry_in'])})"
+        backlog = lane["backlog"]
+        rows.append(
+            [
+                lane["group_key"],
+                name,
+                breaker,
+                "yes" if lane["paused"] else "no",
+                str(backlog["pending"]),
+                _age(backlog["oldest_pending_age"]),
+                str(backlog["dead"]),
+                _cut(lane["last_error"], 60),
+            ]
+        )
+    _table(
+        ["GROUP", "INTEGRATION", "BREAKER", "PAUSED", "BACKLOG", "OLDEST", "DEAD", "LAST ERROR"],
+        rows,
+    )
+    if not answer.get("delivery_engine", True):
+        print(
+            "\nnote: this gateway process does not run the delivery engine (GATEWAY_DELIVERY "
+            "is off): breaker, queue and last error come from the processes that do, not shown"
+        )
+    return 0
+
+
+cmd_deliveries_list = _admin_command(_deliveries_list)
+cmd_deliveries_replay = _admin_command(_deliveries_replay)
+cmd_status = _admin_command(_status)
+
+
+def _add_admin_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--url",
+        default=None,
+        help="the running gateway's base URL [GATEWAY_URL; default: http://GATEWAY_HOST:"
+        "GATEWAY_PORT, i.e. http://127.0.0.1:8080]",
+    )
+    parser.add_argument(
+        "--admin-token",
+        default=None,
+        help="the gateway's admin token [GATEWAY_ADMIN_TOKEN; prefer the variable: a flag "
+        "shows in `ps` and shell history]",
+    )
+
+
 # -- parser --------------------------------------------------------------------------------
 
 
@@ -514,6 +805,48 @@ def build_parser() -> argparse.ArgumentParser:
         "--markdown", action="store_true", help="print Markdown (docs/integrations.md)"
     )
     integ.set_defaults(func=cmd_integrations)
+
+    dl = sub.add_parser(
+        "deliveries", help="list and replay deliveries (through a running gateway's admin API)"
+    )
+    dsub = dl.add_subparsers(dest="deliveries_command", required=True, metavar="ACTION")
+    dlist = dsub.add_parser(
+        "list", help="list deliveries, oldest first", description=_deliveries_list.__doc__
+    )
+    dlist.add_argument(
+        "--state", choices=["pending", "delivered", "dead"], help="only deliveries in this state"
+    )
+    dlist.add_argument("--limit", type=int, default=1000, help="at most N (0: all; default 1000)")
+    dlist.add_argument("--cursor", help="go on from a cursor an earlier listing printed")
+    dlist.add_argument("--page-size", type=int, default=500, help=argparse.SUPPRESS)
+    dlist.set_defaults(func=cmd_deliveries_list)
+    replay = dsub.add_parser(
+        "replay",
+        help="send dead (or delivered) deliveries again",
+        description=_deliveries_replay.__doc__,
+    )
+    replay.add_argument("--id", action="append", metavar="ID", help="a delivery id (repeatable)")
+    replay.add_argument(
+        "--state",
+        choices=["dead", "delivered"],
+        help="replay every delivery in this state that the other filters match",
+    )
+    replay.add_argument("--limit", type=int, help="at most N by a filter (default and most: 10000)")
+    replay.set_defaults(func=cmd_deliveries_replay)
+    for p in (dlist, replay):
+        p.add_argument("--group", help="only this group")
+        p.add_argument("--integration", help="only this integration (name in the mapping)")
+        p.add_argument("--created-after", metavar="TIME", help="ISO 8601, e.g. 2025-05-01T12:00Z")
+        p.add_argument("--created-before", metavar="TIME", help="ISO 8601")
+        p.add_argument("--json", action="store_true", help="print JSON")
+        _add_admin_flags(p)
+
+    status = sub.add_parser(
+        "status", help="every lane at a glance (a running gateway)", description=_status.__doc__
+    )
+    status.add_argument("--json", action="store_true", help="print JSON")
+    _add_admin_flags(status)
+    status.set_defaults(func=cmd_status)
     return parser
 
 
