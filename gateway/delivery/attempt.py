@@ -1,0 +1,350 @@
+"""One attempt of a lane: map, build, send, read the answers, record the outcomes.
+
+Every record of the batch is mapped through the mapping in force now (so a fixed mapping
+re-maps replayed deliveries), built into requests by its type's builder, sent through the
+shared transport, and read into one outcome per delivery (per entry where the integration
+answers per entry). The outcomes feed the lane's breaker and rate-limit hold, and are recorded
+with the attempt's mapping version in one store transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from gateway import logs
+from gateway.delivery import policy
+from gateway.delivery.breaker import BreakerState
+from gateway.delivery.lane import Lane, LaneConfig
+from gateway.integrations.base import (
+    BuildErrors,
+    OutboundRequest,
+    Outcome,
+    OutcomeKind,
+    Response,
+)
+from gateway.integrations.oauth2 import TokenCache, TokenError
+from gateway.integrations.transport import Transport, TransportError, outcomes_by_status
+from gateway.mapping.errors import MappingError
+from gateway.mapping.loader import MappingRegistry
+from gateway.store.base import (
+    Attempt,
+    ClaimedDelivery,
+    DeliveryState,
+    DeliveryUpdate,
+    Store,
+    StoreError,
+)
+
+
+class EngineHooks:
+    """What the engine reports as it works; the metrics module implements it."""
+
+    def attempt(self, lane: Lane, outcomes: list[Outcome], seconds: float) -> None:
+        """One request finished (or failed to be made) with these outcomes."""
+
+    def breaker_changed(self, lane: Lane, state: BreakerState) -> None:
+        """A lane's breaker is now in ``state``."""
+
+
+@dataclass(slots=True)
+class _Item:
+    claimed: ClaimedDelivery
+    fields: dict[str, Any] | None = None
+    outcome: Outcome | None = None
+
+
+class Attempts:
+    """The attempt half of :class:`gateway.delivery.engine.DeliveryEngine` (a mixin: the
+    engine owns the state declared here)."""
+
+    store: Store
+    mappings: MappingRegistry
+    transport: Transport
+    tokens: TokenCache
+    hooks: EngineHooks
+    owner: str
+    _rng: random.Random
+    _clock: Callable[[], float]
+    _warned_tls: set[tuple[str, str]]
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        raise NotImplementedError
+
+    async def _recovered(self, lane: Lane) -> None:
+        raise NotImplementedError
+
+    async def _attempt(
+        self, lane: Lane, batch: list[ClaimedDelivery], slots: asyncio.Semaphore
+    ) -> None:
+        started = self._clock()
+        t0 = time.perf_counter()
+        probe = lane.breaker.state() == BreakerState.HALF_OPEN
+        version: str | None = None
+        items = [_Item(c) for c in batch]
+        try:
+            mapping = self.mappings.get(lane.group_key)
+            integration = mapping.integration(lane.integration) if mapping else None
+            if mapping is not None:
+                version = mapping.version
+            if integration is None:
+                why = (
+                    f"group {lane.group_key!r} has no mapping file"
+                    if mapping is None
+                    else f"integration {lane.integration!r} is not in the mapping of group "
+                    f"{lane.group_key!r} (version {mapping.version})"
+                )
+                self._settle(items, OutcomeKind.PERMANENT, why)
+            elif not integration.enabled:
+                self._settle(
+                    items,
+                    OutcomeKind.PERMANENT,
+                    f"integration {lane.integration!r} is disabled in mapping version "
+                    f"{mapping.version}; replay after enabling it",
+                )
+            else:
+                lane.reconfigure(LaneConfig.of(integration))
+                lane.type_name = integration.type.name
+                await self._send(lane, integration, items)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            logs.log(
+                "delivery_attempt_error",
+                "error",
+                group=lane.group_key,
+                integration=lane.integration,
+                error=repr(exc),
+            )
+            self._settle(items, OutcomeKind.RETRY, f"internal error: {exc!r}")
+        finally:
+            slots.release()
+            lane.sending -= len(batch)
+            if probe:
+                lane.probe_done.set()
+        duration_ms = (time.perf_counter() - t0) * 1000
+        await self._record(lane, items, started, duration_ms, version)
+
+    @staticmethod
+    def _settle(
+        items: list[_Item], kind: OutcomeKind, error: str | None, status: int | None = None
+    ) -> None:
+        for it in items:
+            if it.outcome is None:
+                it.outcome = Outcome(it.claimed.delivery.id, kind, status, error)
+
+    async def _send(self, lane: Lane, integration: Any, items: list[_Item]) -> None:
+        for it in items:
+            try:
+                it.fields = integration.map(orjson.loads(it.claimed.data_json))
+            except MappingError as exc:
+                it.outcome = Outcome(
+                    it.claimed.delivery.id, OutcomeKind.PERMANENT, None, f"mapping error: {exc}"
+                )
+        build = integration.type.build
+        if build is None:
+            self._settle(
+                items,
+                OutcomeKind.PERMANENT,
+                f"integration type {integration.type.name!r} cannot send yet",
+            )
+            return
+        if TokenCache.needs_token(integration):
+            try:
+                await self.tokens.ensure(integration, self.transport.client())
+            except TokenError as exc:
+                kind = OutcomeKind.PERMANENT if exc.permanent else OutcomeKind.RETRY
+                self._settle(items, kind, str(exc))
+                lane.breaker.record(exc.permanent)
+                return
+        requests = self._build(integration, [it for it in items if it.outcome is None])
+        if not requests:
+            return
+        if lane.config.verify_tls is False and lane.key not in self._warned_tls:
+            self._warned_tls.add(lane.key)
+            logs.log(
+                "tls_verification_off",
+                "warning",
+                group=lane.group_key,
+                integration=lane.integration,
+            )
+        by_id = {it.claimed.delivery.id: it for it in items}
+        await asyncio.gather(*(self._send_one(lane, integration, r, by_id) for r in requests))
+
+    def _build(self, integration: Any, items: list[_Item]) -> list[OutboundRequest]:
+        """The requests for the items; records the builder refuses become permanent."""
+        build = integration.type.build
+        live = items
+        while live:
+            batch = [(it.claimed.delivery.id, it.fields or {}) for it in live]
+            try:
+                return build(integration, batch, tokens=self.tokens.get)
+            except BuildErrors as exc:
+                for it in live:
+                    err = exc.errors.get(it.claimed.delivery.id)
+                    if err is not None:
+                        it.outcome = Outcome(
+                            it.claimed.delivery.id,
+                            OutcomeKind.PERMANENT,
+                            None,
+                            f"mapping error: {err}",
+                        )
+                live = [it for it in live if it.outcome is None]
+            except (ValueError, KeyError, TypeError) as exc:
+                self._settle(live, OutcomeKind.PERMANENT, f"cannot build the request: {exc}")
+                return []
+        return []
+
+    async def _send_one(
+        self, lane: Lane, integration: Any, request: OutboundRequest, by_id: dict[str, _Item]
+    ) -> None:
+        t0 = time.perf_counter()
+        lane.counters.requests += 1
+        response = await self._exchange(lane, request)
+        if (
+            isinstance(response, Response)
+            and response.status == 401
+            and TokenCache.needs_token(integration)
+        ):
+            # The token may have been revoked or expired early: one fresh token, one retry.
+            self.tokens.invalidate(integration)
+            try:
+                await self.tokens.ensure(integration, self.transport.client())
+                ids = set(request.delivery_ids)
+                again = self._build(integration, [by_id[d] for d in request.delivery_ids])
+                request = next(r for r in again if set(r.delivery_ids) <= ids)
+                response = await self._exchange(lane, request)
+            except TokenError as exc:
+                response = TransportError(str(exc))
+        outcomes = self._read(integration, request, response)
+        for o in outcomes:
+            it = by_id.get(o.delivery_id)
+            if it is not None and it.outcome is None:
+                it.outcome = o
+        self._judge_lane(lane, response)
+        self.hooks.attempt(lane, outcomes, time.perf_counter() - t0)
+
+    async def _exchange(self, lane: Lane, request: OutboundRequest) -> Response | TransportError:
+        try:
+            return await self.transport.send(
+                request, lane.config.timeouts, verify_tls=lane.config.verify_tls
+            )
+        except TransportError as exc:
+            return exc
+
+    def _read(
+        self, integration: Any, request: OutboundRequest, response: Response | TransportError
+    ) -> list[Outcome]:
+        if isinstance(response, TransportError):
+            return [
+                Outcome(d, OutcomeKind.RETRY, None, str(response)) for d in request.delivery_ids
+            ]
+        server_wait = policy.wait_from_headers(response.headers, self._clock())
+        by_status = outcomes_by_status(request, response, server_wait)
+        read = integration.type.read
+        if read is None:
+            return by_status
+        try:
+            read_out = {o.delivery_id: o for o in read(request, response)}
+        except Exception as exc:  # a reader bug or a body it cannot parse
+            return [
+                Outcome(
+                    d,
+                    OutcomeKind.RETRY,
+                    response.status,
+                    f"cannot read the answer (HTTP {response.status}): {exc}",
+                )
+                for d in request.delivery_ids
+            ]
+        return [read_out.get(o.delivery_id, o) for o in by_status]
+
+    def _judge_lane(self, lane: Lane, response: Response | TransportError) -> None:
+        """Feed the breaker; obey the integration's own rate limit for the whole lane."""
+        now = time.monotonic()
+        before = lane.breaker.state(now)
+        if isinstance(response, TransportError):
+            ok = False
+        else:
+            ok = not (response.status >= 500 or response.status == 408)
+            if response.status == 429:
+                wait = policy.wait_from_headers(response.headers, self._clock())
+                if wait is None:
+                    wait = policy.backoff(
+                        lane.breaker.consecutive + 1, lane.config.retry, self._rng
+                    )
+                lane.hold_until = max(lane.hold_until, now + wait)
+        lane.breaker.record(ok, now)
+        after = lane.breaker.state(now)
+        if after != before:
+            logs.log(
+                "breaker_" + str(after),
+                "warning" if after == BreakerState.OPEN else "info",
+                group=lane.group_key,
+                integration=lane.integration,
+            )
+            self.hooks.breaker_changed(lane, after)
+            if after == BreakerState.CLOSED:
+                # Back: what waited out the outage (deferred, or in backoff) is due now, and
+                # the request times measured during the outage no longer say anything.
+                lane.forget_history()
+                self._spawn(self._recovered(lane))
+
+    # -- bookkeeping ----------------------------------------------------------------------
+    async def _record(
+        self,
+        lane: Lane,
+        items: list[_Item],
+        started: float,
+        duration_ms: float,
+        version: str | None,
+    ) -> None:
+        now = self._clock()
+        updates = []
+        c = lane.counters
+        for it in items:
+            d = it.claimed.delivery
+            o = it.outcome or Outcome(d.id, OutcomeKind.RETRY, None, "no answer was read")
+            attempts = d.attempts + 1
+            attempt = Attempt(d.id, started, duration_ms, o.status, o.error, version)
+            if o.kind == OutcomeKind.DELIVERED:
+                state, at, error = DeliveryState.DELIVERED, now, None
+                c.delivered += 1
+                c.last_success_at = now
+            else:
+                at = None
+                error = o.error
+                if o.kind == OutcomeKind.RETRY:
+                    at = policy.next_attempt(
+                        attempts,
+                        lane.config.retry,
+                        now,
+                        it.claimed.received_at,
+                        o.retry_after,
+                        self._rng,
+                    )
+                    if at is None:
+                        error = f"gave up after {attempts} attempts: {o.error}"
+                if at is None:
+                    state, at = DeliveryState.DEAD, now
+                    c.dead += 1
+                else:
+                    state = DeliveryState.PENDING
+                    c.retried += 1
+                c.last_error, c.last_error_at = error, now
+            updates.append(DeliveryUpdate(d.id, self.owner, state, at, error, o.status, attempt))
+        lane.finished(duration_ms / 1000)
+        for delay in (0.0, 0.5, 2.0, 5.0):
+            await asyncio.sleep(delay)
+            try:
+                await self.store.update_deliveries(updates)
+                return
+            except StoreError as exc:
+                logs.log("delivery_record_failed", "warning", error=str(exc), retry_in=delay)
+        # The leases run out and the deliveries are sent again: at least once, never lost.
+        logs.log("delivery_record_lost", "error", deliveries=len(updates))
