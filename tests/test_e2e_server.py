@@ -222,6 +222,18 @@ def test_bootstrap_key_prints_a_curl_command_that_works(gw: GatewayProcess) -> N
     body, status = out.rsplit("\n", 1)
     assert status == "202", out
     assert json.loads(body)["status"] == "accepted"
+    # The quick start's demo integration appends the mapped record to a local file.
+    demo_file = gw.root / "var" / "demo-deliveries.ndjson"
+    deadline = time.monotonic() + 10
+    while not demo_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    [line] = demo_file.read_text().splitlines()
+    assert json.loads(line) == {
+        "email": "john.doe@example.com",
+        "first_name": "John",
+        "last_name": "Doe",
+        "tags": ["tag1", "tag2"],
+    }
     keys = json.loads(gw.cli("keys", "list", "--json").stdout)
     assert len(keys) == 1
     assert "secret" not in json.dumps(keys).lower()
