@@ -244,11 +244,13 @@ async def _housekeeping(store: Store, retention: float) -> None:
     """Periodic chores: flush logs, purge expired idempotency entries and delivered records
     past their retention (in chunks, so the writer is never held long)."""
     last_purge = 0.0
+    # Every five minutes; a short retention (tests, tiny disks) is honoured closer than that.
+    every = min(300.0, max(retention / 4, 1.0))
     while True:
         await asyncio.sleep(1.0)
         logs.flush()
         now = time.time()
-        if now - last_purge > 300:
+        if now - last_purge >= every:
             last_purge = now
             try:
                 removed = await store.purge_idempotency(now)

@@ -114,3 +114,38 @@ async def test_replay_after_fixing_the_mapping_sends_through_the_new_version(
         assert versions == [v1, v2]
     finally:
         await rig.close()
+
+
+async def test_delivered_records_are_purged_after_retention_dead_ones_stay(
+    aiohttp_client, tmp_path: Path, receiver: Receiver
+) -> None:
+    from gateway.app import STORE, create_app
+    from gateway.config import load_settings
+    from gateway.delivery.engine import ENGINE
+
+    receiver.answer = lambda r: Answer(400) if r.json()["email"] == "bad" else Answer(200)
+    mappings = tmp_path / "mappings"
+    mappings.mkdir()
+    Rig.write_mapping(mappings, "shop", [http_entry("hook", receiver.url)])
+    settings = load_settings(
+        {
+            "data_dir": tmp_path / "data",
+            "mappings": mappings,
+            "retention": 2,
+            "delivery_poll_interval": 0.05,
+        },
+        environ={},
+    )
+    client = await aiohttp_client(create_app(settings))
+    app = client.server.app
+    rig = Rig(app[STORE], None, app[ENGINE])  # type: ignore[arg-type]
+    good = await rig.add(["hook"], {"email": "ok", "n": 1})
+    bad = await rig.add(["hook"], {"email": "bad", "n": 2})
+    [d_good, d_bad] = await rig.wait_settled(good + bad)
+    assert d_good.state == DeliveryState.DELIVERED
+    assert d_bad.state == DeliveryState.DEAD
+    deadline = time.monotonic() + 15
+    while await app[STORE].get_record(rig.record_of[good[0]]) is not None:
+        assert time.monotonic() < deadline, "the delivered record was never purged"
+        await asyncio.sleep(0.2)
+    assert await app[STORE].get_record(rig.record_of[bad[0]]) is not None
