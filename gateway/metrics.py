@@ -29,8 +29,8 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
 from gateway import logs
+from gateway.delivery.attempt import EngineHooks
 from gateway.delivery.breaker import STATE_VALUES, BreakerState
-from gateway.delivery.engine import EngineHooks
 from gateway.delivery.lane import Lane
 from gateway.integrations.base import Outcome
 from gateway.mapping.loader import MappingRegistry
