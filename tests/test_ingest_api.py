@@ -140,7 +140,10 @@ def _mangle_auth(fn):
     return tamper
 
 
-NOW = dt.datetime.now(dt.UTC)
+def _today_to_yesterday(auth: str) -> str:
+    now = dt.datetime.now(dt.UTC)  # at signing time: the suite may run across midnight
+    return auth.replace(f"/{now:%Y%m%d}/", f"/{now - dt.timedelta(days=1):%Y%m%d}/")
+
 
 REFUSALS: list[tuple[str, dict[str, Any], int, str]] = [
     (
@@ -175,17 +178,14 @@ REFUSALS: list[tuple[str, dict[str, Any], int, str]] = [
         401,
         "HEADERS_NOT_SIGNED",
     ),
-    ("expired", {"when": NOW - dt.timedelta(minutes=6)}, 401, "REQUEST_EXPIRED"),
-    ("future", {"when": NOW + dt.timedelta(minutes=6)}, 401, "REQUEST_NOT_YET_VALID"),
+    # Offsets from the moment of signing (a time fixed at import goes stale in a long run).
+    ("expired", {"when": dt.timedelta(minutes=-6)}, 401, "REQUEST_EXPIRED"),
+    ("future", {"when": dt.timedelta(minutes=6)}, 401, "REQUEST_NOT_YET_VALID"),
     ("wrong region", {"region": "eu-west-1"}, 401, "INVALID_CREDENTIAL_SCOPE"),
     ("wrong service", {"service": "s3"}, 401, "INVALID_CREDENTIAL_SCOPE"),
     (
         "wrong scope date",
-        {
-            "tamper": _mangle_auth(
-                lambda a: a.replace(f"/{NOW:%Y%m%d}/", f"/{NOW - dt.timedelta(days=1):%Y%m%d}/")
-            )
-        },
+        {"tamper": _mangle_auth(_today_to_yesterday)},
         401,
         "INVALID_CREDENTIAL_SCOPE",
     ),
@@ -222,6 +222,8 @@ async def test_refusals_store_nothing(
     if "key" in change:
         kw["key"] = change.pop("key")
     kw.update(change)
+    if isinstance(kw.get("when"), dt.timedelta):
+        kw["when"] = dt.datetime.now(dt.UTC) + kw["when"]
     r = await api.send("POST", "/v1/records", body, headers, **kw)
     err = await error_of(r)
     assert (r.status, err["code"]) == (status, code), err
