@@ -17,7 +17,6 @@ Where each metric comes from:
 from __future__ import annotations
 
 import asyncio
-import collections
 import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
@@ -56,9 +55,11 @@ class MetricsHooks(EngineHooks):
     def attempt(self, lane: Lane, outcomes: list[Outcome], seconds: float) -> None:
         m = self.m
         m.attempt_seconds.labels(lane.type_name or "unknown").observe(seconds)
-        kinds = collections.Counter(str(o.kind) for o in outcomes)
-        for kind, n in kinds.items():
-            m.deliveries.labels(lane.group_key, lane.integration, kind).inc(n)
+
+    def settled(self, lane: Lane, delivered: int, retry: int, dead: int) -> None:
+        for outcome, n in (("delivered", delivered), ("retry", retry), ("dead", dead)):
+            if n:
+                self.m.deliveries.labels(lane.group_key, lane.integration, outcome).inc(n)
 
     def breaker_changed(self, lane: Lane, state: BreakerState) -> None:
         m = self.m
@@ -147,7 +148,7 @@ class Metrics:
         )
         self.deliveries = Counter(
             "gateway_deliveries",
-            "Delivery outcomes of attempts that sent a request (delivered, retry, permanent).",
+            "Deliveries by the outcome of an attempt (delivered, retry, dead).",
             ["group", "integration", "outcome"],
             registry=r,
         )

@@ -94,10 +94,11 @@ def start(aiohttp_client, tmp_path: Path, receiver: Receiver):
     """``await start(options=..., delivery=...)``: a gateway whose group ``shop`` has one http
     integration ``hook`` sending to the receiver, and a key for ``shop``."""
 
-    async def go(options: str = FAST_RETRY, **settings: Any) -> Gateway:
+    async def go(options: str = FAST_RETRY, url_suffix: str = "/in", **settings: Any) -> Gateway:
         mappings = tmp_path / "mappings"
         mappings.mkdir()
-        Rig.write_mapping(mappings, "shop", [http_entry("hook", receiver.url + "/in", options)])
+        url = receiver.url + url_suffix
+        Rig.write_mapping(mappings, "shop", [http_entry("hook", url, options)])
         Rig.write_mapping(mappings, "empty", [])
         config = load_settings(
             {
@@ -166,7 +167,7 @@ async def test_a_delivery_shows_in_outcomes_and_the_attempt_histogram(
     assert got[("gateway_delivery_attempt_seconds_sum", frozenset({("type", "http")}))] > 0
     inf = frozenset({("type", "http"), ("le", "+Inf")})
     assert got[("gateway_delivery_attempt_seconds_bucket", inf)] == 1
-    for outcome in ("retry", "permanent"):
+    for outcome in ("retry", "dead"):
         assert (
             "gateway_deliveries_total",
             frozenset({**lane, "outcome": outcome}.items()),
@@ -182,7 +183,7 @@ async def test_a_permanent_failure_is_counted_and_the_lane_shows_it_dead(
     gw.metrics.lane_stats_interval = 0
     lane = {"group": "shop", "integration": "hook"}
     assert await gw.post("/v1/records", rec()) == 202
-    await gw.wait_for("gateway_deliveries_total", lambda v: v == 1, outcome="permanent", **lane)
+    await gw.wait_for("gateway_deliveries_total", lambda v: v == 1, outcome="dead", **lane)
     await gw.wait_for("gateway_lane_dead", lambda v: v == 1, **lane)
     assert await gw.value("gateway_lane_backlog", **lane) == 0
 
@@ -232,3 +233,14 @@ def test_each_app_has_its_own_registry(tmp_path: Path) -> None:
     assert b.registry.get_sample_value("gateway_records_accepted_total") == 0
     assert a.registry.get_sample_value("gateway_records_accepted_total") == 5
     assert prometheus_client.REGISTRY.get_sample_value("gateway_records_accepted_total") is None
+
+
+async def test_a_delivery_that_never_became_a_request_is_counted_dead(
+    start, receiver: Receiver
+) -> None:
+    # The URL needs {region}, which the records do not map: no request can be made.
+    gw = await start(url_suffix="/{region}")
+    lane = {"group": "shop", "integration": "hook"}
+    assert await gw.post("/v1/records", rec()) == 202
+    await gw.wait_for("gateway_deliveries_total", lambda v: v == 1, outcome="dead", **lane)
+    assert receiver.seen == []

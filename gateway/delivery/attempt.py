@@ -49,6 +49,10 @@ class EngineHooks:
     def attempt(self, lane: Lane, outcomes: list[Outcome], seconds: float) -> None:
         """One request finished (or failed to be made) with these outcomes."""
 
+    def settled(self, lane: Lane, delivered: int, retry: int, dead: int) -> None:
+        """An attempt's deliveries as recorded: delivered, to be retried, dead (permanent
+        failures and retries run out), whether or not a request was sent."""
+
     def breaker_changed(self, lane: Lane, state: BreakerState) -> None:
         """A lane's breaker is now in ``state``."""
 
@@ -161,7 +165,8 @@ class Attempts:
             except TokenError as exc:
                 kind = OutcomeKind.PERMANENT if exc.permanent else OutcomeKind.RETRY
                 self._settle(items, kind, str(exc))
-                lane.breaker.record(exc.permanent)
+                # A refusal says the token endpoint is up; no answer counts as a failure.
+                self._feed_breaker(lane, exc.permanent)
                 return
         requests = self._build(integration, [it for it in items if it.outcome is None])
         if not requests:
@@ -279,6 +284,14 @@ class Attempts:
                         lane.breaker.consecutive + 1, lane.config.retry, self._rng
                     )
                 lane.hold_until = max(lane.hold_until, now + wait)
+        self._feed_breaker(lane, ok, before, now)
+
+    def _feed_breaker(
+        self, lane: Lane, ok: bool, before: BreakerState | None = None, now: float | None = None
+    ) -> None:
+        """Count a request in the lane's breaker; report and act on a change of state."""
+        now = time.monotonic() if now is None else now
+        before = lane.breaker.state(now) if before is None else before
         lane.breaker.record(ok, now)
         after = lane.breaker.state(now)
         if after != before:
@@ -339,6 +352,13 @@ class Attempts:
                 c.last_error, c.last_error_at = error, now
             updates.append(DeliveryUpdate(d.id, self.owner, state, at, error, o.status, attempt))
         lane.finished(duration_ms / 1000)
+        states = [u.state for u in updates]
+        self.hooks.settled(
+            lane,
+            states.count(DeliveryState.DELIVERED),
+            states.count(DeliveryState.PENDING),
+            states.count(DeliveryState.DEAD),
+        )
         for delay in (0.0, 0.5, 2.0, 5.0):
             await asyncio.sleep(delay)
             try:
