@@ -19,7 +19,9 @@ Why this shape:
   connection, so the event loop never blocks on disk.
 - Every other write (access keys, claims, delivery updates, purges) also goes through the
   writer thread, so there is exactly one writer and no ``database is locked`` between our
-  own connections.
+  own connections. They join the same group commit, each in a savepoint of its own (at most
+  64 a group): with the delivery engine running, claims and updates would otherwise each pay
+  an fsync and starve ingest of the writer.
 - Any operational SQLite error (disk I/O, disk full, read-only file, locked past the busy
   timeout) becomes :class:`StoreUnavailable` for the callers of that transaction; the writer
   drops its connection and opens a fresh one for the next job, so it keeps serving once the
@@ -129,6 +131,9 @@ _REPLAY_DELIVERY = (
 # digits, then random digits.
 _RECORD_ID_PREFIX = "rec_"
 _PURGE_CHUNK = 5000
+# Other writes (claims, delivery updates) sharing one commit with ingest groups; bounded so a
+# flood of them cannot hold ingest's commit (and its 202s) for long.
+_MAX_CALLS_PER_COMMIT = 64
 
 
 @dataclass(slots=True)
@@ -440,7 +445,9 @@ class SQLiteStore(Store):
             self._cond.notify()
 
     def _writer_main(self) -> None:
-        """Serve the queue until close: ingest writes in groups, other writes one by one."""
+        """Serve the queue until close. Everything waiting goes into one transaction (one
+        fsync): ingest writes in groups, other writes (claims, delivery updates) each in its
+        own savepoint, in queue order."""
         cap = self.max_batch_records
         queue = self._queue
         while True:
@@ -449,31 +456,29 @@ class SQLiteStore(Store):
                     self._cond.wait()
                 if not queue:  # stopping, and every queued write has been served
                     break
-                first = queue.popleft()
-                batch: list[_Job] = [first]
-                if isinstance(first, _IngestJob):
-                    # Group commit: take everything already waiting, up to the cap. A write
-                    # bigger than the cap still goes alone (it is never split).
-                    n = first.n
-                    while queue:
-                        nxt = queue[0]
-                        if not isinstance(nxt, _IngestJob) or n + nxt.n > cap:
+                batch: list[_Job] = []
+                n = calls = 0
+                while queue:
+                    nxt = queue[0]
+                    if isinstance(nxt, _IngestJob):
+                        # A write bigger than the cap still goes (alone): it is never split.
+                        if batch and n + nxt.n > cap:
                             break
-                        batch.append(queue.popleft())
                         n += nxt.n
+                    else:
+                        if calls >= _MAX_CALLS_PER_COMMIT:
+                            break
+                        calls += 1
+                    batch.append(queue.popleft())
             try:
-                if isinstance(first, _IngestJob):
-                    self._run_ingest(batch)  # type: ignore[arg-type]
-                else:
-                    self._run_call(first)  # type: ignore[arg-type]
+                self._run_group(batch)
             except BaseException as exc:  # a bug: fail these callers, keep the writer alive
                 for job in batch:
                     job.result, job.error = None, StoreError(f"store writer failed: {exc!r}")
             finally:
-                if isinstance(first, _IngestJob):
-                    records = sum(job.n for job in batch)  # type: ignore[attr-defined]
+                if n:
                     with self._cond:
-                        self._pending -= records
+                        self._pending -= n
             self._answer(batch)
         if self._wconn is not None:
             with contextlib.suppress(sqlite3.Error):
@@ -524,31 +529,30 @@ class SQLiteStore(Store):
                 observe(time.perf_counter() - started)
         return result
 
-    def _run_call(self, job: _CallJob) -> None:
-        try:
-            job.result = self._transaction(job.fn)
-        except sqlite3.Error as exc:
-            if _is_unavailable(exc):
-                self.stats.failed_transactions += 1
-                self._drop_writer_conn()
-                job.error = _unavailable(exc)
-            else:
-                job.error = _rejected(exc)
-        except Exception as exc:  # a bug or bad argument: the caller gets it, the writer lives
-            job.error = exc
-
-    def _run_ingest(self, jobs: list[_IngestJob]) -> None:
+    def _run_group(self, jobs: list[_Job]) -> None:
+        """Apply ``jobs`` in one transaction, in order: runs of ingest writes as groups,
+        each other write in a savepoint of its own, so its failure is its caller's alone."""
         started = time.perf_counter()
+        ingest = [j for j in jobs if isinstance(j, _IngestJob)]
 
         def body(conn: sqlite3.Connection) -> None:
             now = time.time()
-            if not self._apply_group(conn, jobs, now):
-                self._apply_one_by_one(conn, jobs, now)
+            run: list[_IngestJob] = []
+            for job in [*jobs, None]:
+                if isinstance(job, _IngestJob):
+                    run.append(job)
+                    continue
+                if run:
+                    if not self._apply_group(conn, run, now):
+                        self._apply_one_by_one(conn, run, now)
+                    run = []
+                if isinstance(job, _CallJob):
+                    self._apply_call(conn, job)
 
         try:
             self._transaction(body)
         except Exception as exc:
-            # The whole group is lost (nothing of it is committed): every caller hears why.
+            # Nothing of the group is committed: every caller hears why.
             self.stats.failed_transactions += 1
             if isinstance(exc, sqlite3.Error) and _is_unavailable(exc):
                 self._drop_writer_conn()
@@ -562,13 +566,29 @@ class SQLiteStore(Store):
                 job.result = None
                 job.error = err
             return
-        stats = self.stats
-        stats.ingest_commits += 1
-        stats.ingest_writes += len(jobs)
-        stats.ingest_records += sum(job.n for job in jobs)
-        stats.last_commit_seconds = time.perf_counter() - started
-        stats.last_batch_writes = len(jobs)
-        stats.max_batch_writes = max(stats.max_batch_writes, len(jobs))
+        if ingest:
+            stats = self.stats
+            stats.ingest_commits += 1
+            stats.ingest_writes += len(ingest)
+            stats.ingest_records += sum(job.n for job in ingest)
+            stats.last_commit_seconds = time.perf_counter() - started
+            stats.last_batch_writes = len(ingest)
+            stats.max_batch_writes = max(stats.max_batch_writes, len(ingest))
+
+    @staticmethod
+    def _apply_call(conn: sqlite3.Connection, job: _CallJob) -> None:
+        conn.execute("SAVEPOINT call")
+        try:
+            job.result = job.fn(conn)
+        except sqlite3.Error as exc:
+            if _is_unavailable(exc):
+                raise  # the connection or disk is gone: the whole group fails
+            conn.execute("ROLLBACK TO call")
+            job.error = _rejected(exc)
+        except Exception as exc:  # a bug or bad argument: the caller gets it, the writer lives
+            conn.execute("ROLLBACK TO call")
+            job.error = exc
+        conn.execute("RELEASE call")
 
     @staticmethod
     def _find_replay(
