@@ -221,6 +221,48 @@ async def test_a_failing_write_fails_alone_in_its_group(store: Store) -> None:
     assert await store.get_idempotency(AK, "idem:a", time.time()) is not None
 
 
+async def test_other_writes_share_the_group_commit_and_fail_alone(store: Store) -> None:
+    s = sqlite_store(store)
+    first, last = rec(), rec()
+    before = store.commits
+
+    def bug(_conn: sqlite3.Connection) -> None:
+        raise ValueError("a bug in a call")
+
+    def clash(conn: sqlite3.Connection) -> None:
+        conn.execute("UPDATE records SET data = x'00' WHERE id = ?", (first.id,))
+        conn.execute(
+            "INSERT INTO records (id, group_key, access_key_id, data, received_at) "
+            "VALUES (?, 'g', 'a', x'00', 0)",
+            (first.id,),
+        )
+
+    async with writer_paused(store):
+        tasks = [
+            asyncio.create_task(store.commit_ingest(IngestWrite([first]))),
+            asyncio.create_task(s._write(bug)),
+            asyncio.create_task(s._write(clash)),
+            asyncio.create_task(
+                store.claim_deliveries("w", limit=10, lease_seconds=30, now=time.time() + 1)
+            ),
+            asyncio.create_task(store.commit_ingest(IngestWrite([last]))),
+        ]
+        await wait_pending(store, 2)
+        await asyncio.sleep(0.05)  # the three calls queue behind the first ingest
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert store.commits - before == 2  # the pause, then one transaction for all five
+    assert results[0] == IngestResult(committed=True)
+    assert isinstance(results[1], ValueError)
+    assert isinstance(results[2], StoreError)
+    assert "UNIQUE" in str(results[2])
+    # The failed call's first statement was rolled back with it.
+    assert (await store.get_record(first.id)).data_json == first.data_json
+    # Queue order holds inside the transaction: the claim saw the ingest queued before it.
+    assert {c.delivery.id for c in results[3]} == set(first.delivery_ids)
+    assert results[4] == IngestResult(committed=True)
+    assert await store.count_records() == 2
+
+
 async def test_cancelled_caller_still_gets_its_write_committed(store: Store) -> None:
     r = rec()
     async with writer_paused(store):
@@ -564,20 +606,35 @@ async def test_update_deliveries_sets_state_attempts_and_attempt_rows(store: Sto
     applied = await store.update_deliveries(
         [
             DeliveryUpdate(
-                ids["crm"], "w", DeliveryState.DELIVERED, 1001.0, None, 200,
+                ids["crm"],
+                "w",
+                DeliveryState.DELIVERED,
+                1001.0,
+                None,
+                200,
                 attempt(ids["crm"], 200, None),
             ),
             DeliveryUpdate(
-                ids["mail"], "w", DeliveryState.PENDING, 1061.0, "HTTP 503", 503,
+                ids["mail"],
+                "w",
+                DeliveryState.PENDING,
+                1061.0,
+                "HTTP 503",
+                503,
                 attempt(ids["mail"], 503, "HTTP 503"),
             ),
             DeliveryUpdate(
-                ids["chat"], "w", DeliveryState.DEAD, 1001.0, "channel_not_found", 404,
+                ids["chat"],
+                "w",
+                DeliveryState.DEAD,
+                1001.0,
+                "channel_not_found",
+                404,
                 attempt(ids["chat"], 404, "channel_not_found"),
             ),
             DeliveryUpdate("dlv_nonexistent", "w", DeliveryState.DEAD, 0.0),
         ]
-    )  # fmt: skip
+    )
     assert applied == 3
     got = {d.integration: d for d in (await store.get_record(r.id)).deliveries}
 
@@ -860,8 +917,14 @@ async def test_reschedule_lane_moves_only_its_unleased_pending_deliveries(store:
 
     async def times() -> dict[str, float]:
         out = {}
-        for name, r in (("dead", dead), ("leased", leased), ("expired", expired),
-                        ("free", free), ("later", later), ("other", other)):  # fmt: skip
+        for name, r in (
+            ("dead", dead),
+            ("leased", leased),
+            ("expired", expired),
+            ("free", free),
+            ("later", later),
+            ("other", other),
+        ):
             ds = await by_integration(store, r.id)
             out[name] = ds["crm"].next_attempt_at
             if "mail" in ds:
@@ -981,8 +1044,11 @@ async def test_replay_by_filter_respects_state_group_integration_and_limit(store
     kept = (await by_integration(store, records[1].id))["crm"]
     assert (kept.attempts, kept.next_attempt_at) == (1, 9000.0)
     for did in crm_ids[0:1] + crm_ids[2:]:
-        d = next(d for d in (await store.list_deliveries(DeliveryFilter(), limit=100)).items
-                 if d.id == did)  # fmt: skip
+        d = next(
+            d
+            for d in (await store.list_deliveries(DeliveryFilter(), limit=100)).items
+            if d.id == did
+        )
         assert (d.attempts, d.next_attempt_at, d.last_error) == (0, 5000.0, "boom")
         assert len(await store.list_attempts(did)) == 1
 
@@ -1037,9 +1103,10 @@ async def test_paused_lanes_survive_close_and_reopen(store_url: str) -> None:
         assert await s2.paused_lanes() == {("g", "crm"), ("g", "mail")}
         if isinstance(s2, SQLiteStore):  # the pause keeps its start
             rows = await s2._read(
-                lambda c: c.execute("SELECT group_key, integration, paused_at FROM paused_lanes "
-                                    "ORDER BY 1, 2").fetchall()
-            )  # fmt: skip
+                lambda c: c.execute(
+                    "SELECT group_key, integration, paused_at FROM paused_lanes ORDER BY 1, 2"
+                ).fetchall()
+            )
             assert rows == [("g", "crm", 100.0), ("g", "mail", 300.0)]
         assert await s2.set_lane_paused("g", "crm", False, 400.0) is True
         assert await s2.set_lane_paused("g", "crm", False, 500.0) is False
