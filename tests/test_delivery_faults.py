@@ -1,0 +1,677 @@
+"""Fault injection against the delivery engine, with real local servers the tests start.
+
+Connection refused, reset and read timeouts retry and then deliver; Retry-After (both forms)
+and X-RateLimit-Reset are honoured, measured at the receiver; attempts run out; the circuit
+breaker opens, probes once and recovers; a dead lane does not slow a healthy one; per-lane
+concurrency and rate limits hold; batches, the file type, mapping errors and per-entry
+outcomes. Durations are only asserted as lower bounds the feature guarantees, or as ratios
+measured in the same test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.utils
+import math
+import os
+import socket
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp import web
+
+from gateway.delivery.engine import EngineSettings
+from gateway.integrations import http as http_type
+from gateway.integrations.base import _REGISTRY as TYPES
+from gateway.integrations.base import (
+    Action,
+    IntegrationType,
+    OutboundRequest,
+    Outcome,
+    OutcomeKind,
+    Response,
+    register,
+)
+from gateway.store.base import DeliveryState
+from tests.delivery_rig import Rig
+from tests.receiver import Answer, Received, Receiver
+
+FAST_RETRY: dict[str, Any] = {"base": "20ms", "cap": "100ms", "max_attempts": 30}
+#: A breaker that stays closed, for tests about something else.
+NO_BREAKER: dict[str, Any] = {"failures": 1000, "min_requests": 1000}
+
+
+def entry(
+    name: str,
+    connection: dict[str, Any],
+    *,
+    type: str = "http",
+    settings: dict[str, Any] | None = None,
+    fields: dict[str, Any] | None = None,
+    options: dict[str, Any] | None = None,
+) -> str:
+    """A mapping entry, written as JSON (a YAML flow mapping)."""
+    spec: dict[str, Any] = {"name": name, "type": type, "connection": connection}
+    if settings:
+        spec["settings"] = settings
+    spec["fields"] = fields if fields is not None else {"email": "email", "n": "n"}
+    spec["options"] = {"retry": FAST_RETRY, **(options or {})}
+    return "- " + orjson.dumps(spec).decode() + "\n"
+
+
+def free_port() -> int:
+    """A port nothing listens on (bound, then closed)."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+class CountingReceiver(Receiver):
+    """A Receiver that also counts the requests it is working on at once."""
+
+    def __init__(self, answer: Callable[[Received], Answer] | None = None) -> None:
+        super().__init__(answer)
+        self.in_flight = 0
+        self.max_in_flight = 0
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            return await super()._handle(request)
+        finally:
+            self.in_flight -= 1
+
+
+class HangingReceiver(Receiver):
+    """A Receiver that answers 200 only after ``hang`` seconds, or when it stops."""
+
+    def __init__(self, hang: float) -> None:
+        super().__init__()
+        self.hang = hang
+        self.release = asyncio.Event()
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        self.seen.append(
+            Received(request.method, request.path_qs, dict(request.headers), body, time.monotonic())
+        )
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.release.wait(), self.hang)
+        return web.Response(status=200)
+
+    async def stop(self) -> None:
+        self.release.set()
+        await super().stop()
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[CountingReceiver]:
+    r = await CountingReceiver().start()
+    yield r
+    await r.stop()
+
+
+async def wait_until(cond: Callable[[], bool], within: float = 10.0) -> None:
+    deadline = time.monotonic() + within
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.01)
+
+
+async def attempts_of(rig: Rig, delivery: str) -> list[Any]:
+    return await rig.store.list_attempts(delivery)
+
+
+# -- connection faults ------------------------------------------------------------------------
+
+
+async def test_connection_refused_retries_then_delivers(tmp_path: Path) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/in"
+    rig = await Rig.create(tmp_path, [entry("hook", {"url": url}, options={"breaker": NO_BREAKER})])
+    late: Receiver | None = None
+    try:
+        [d] = await rig.add(["hook"], {"email": "a@example.com", "n": 1})
+
+        async def failed_twice() -> bool:
+            return len(await attempts_of(rig, d)) >= 2
+
+        deadline = time.monotonic() + 10
+        while not await failed_twice():
+            assert time.monotonic() < deadline, "no retries while the port refuses"
+            await asyncio.sleep(0.02)
+        [pending] = await rig.deliveries([d])
+        assert pending.state == DeliveryState.PENDING
+        assert pending.last_error is not None
+        assert "cannot connect" in pending.last_error
+
+        late = Receiver()
+        late.port = port  # the integration comes up where it was configured
+        await late.start()
+        [done] = await rig.wait_settled([d])
+        assert done.state == DeliveryState.DELIVERED
+        attempts = await attempts_of(rig, d)
+        assert len(attempts) >= 3
+        assert [a.status for a in attempts[:-1]] == [None] * (len(attempts) - 1)
+        assert all("cannot connect" in (a.error or "") for a in attempts[:-1])
+        assert attempts[-1].status == 200
+        assert [r.json() for r in late.requests] == [{"email": "a@example.com", "n": 1}]
+    finally:
+        await rig.close()
+        if late is not None:
+            await late.stop()
+
+
+async def test_connection_reset_retries_then_delivers(
+    tmp_path: Path, receiver: CountingReceiver
+) -> None:
+    answers = iter([Answer(reset=True), Answer(reset=True)])
+    receiver.answer = lambda r: next(answers, Answer(200))
+    rig = await Rig.create(
+        tmp_path, [entry("hook", {"url": receiver.url}, options={"breaker": NO_BREAKER})]
+    )
+    try:
+        [d] = await rig.add(["hook"])
+        [done] = await rig.wait_settled([d])
+        assert done.state == DeliveryState.DELIVERED
+        assert done.attempts == 3
+        attempts = await attempts_of(rig, d)
+        assert [a.status for a in attempts] == [None, None, 200]
+        assert all(a.error for a in attempts[:2])
+        assert len(receiver.seen) == 3
+        assert len(receiver.requests) == 1
+        assert {r.headers["Idempotency-Key"] for r in receiver.seen} == {d}
+    finally:
+        await rig.close()
+
+
+async def test_read_timeout_retries_then_delivers(
+    tmp_path: Path, receiver: CountingReceiver
+) -> None:
+    answers = iter([Answer(delay=1.0), Answer(delay=1.0)])
+    receiver.answer = lambda r: next(answers, Answer(200))
+    rig = await Rig.create(
+        tmp_path,
+        [
+            entry(
+                "hook",
+                {"url": receiver.url, "read_timeout": 0.3},
+                options={"breaker": NO_BREAKER},
+            )
+        ],
+    )
+    try:
+        [d] = await rig.add(["hook"])
+        [done] = await rig.wait_settled([d])
+        assert done.state == DeliveryState.DELIVERED
+        assert done.attempts == 3
+        attempts = await attempts_of(rig, d)
+        assert [a.status for a in attempts] == [None, None, 200]
+        assert all((a.error or "").startswith("timed out") for a in attempts[:2])
+        # The engine gave up waiting before the slow answers came.
+        assert all(a.duration_ms < 1000 for a in attempts[:2])
+        assert len(receiver.seen) == 3
+    finally:
+        await rig.close()
+
+
+# -- what the server asks for -----------------------------------------------------------------
+
+
+def _http_date_in(seconds: float) -> tuple[str, float]:
+    """An HTTP date about ``seconds`` from now (whole seconds, so a little more), and the
+    wait it asks for counted from now."""
+    now = time.time()
+    when = math.ceil(now) + seconds
+    return email.utils.formatdate(when, usegmt=True), when - now
+
+
+@pytest.mark.parametrize(
+    ("status", "header", "form"),
+    [
+        (429, "Retry-After", "delta"),
+        (503, "Retry-After", "delta"),
+        (429, "Retry-After", "http-date"),
+        (503, "Retry-After", "http-date"),
+        (429, "X-RateLimit-Reset", "delta"),
+        (429, "X-RateLimit-Reset", "epoch"),
+    ],
+)
+async def test_server_wait_is_honoured(
+    tmp_path: Path, receiver: CountingReceiver, status: int, header: str, form: str
+) -> None:
+    """The next request comes no sooner than the server asked; without the header, the
+    small configured backoff applies (compared in the same test, no fixed time)."""
+    asked: dict[int, float] = {}  # index in receiver.seen -> wait asked for
+
+    def answer(r: Received) -> Answer:
+        i = len(receiver.seen) - 1
+        body = orjson.loads(r.body)
+        if body["n"] == 1 and i == 0:  # first record: refused without a wait
+            return Answer(status)
+        if body["n"] == 2 and i == 2:  # second record: refused with a wait
+            if form == "delta":
+                value, wait = "1", 1.0
+            elif form == "http-date":
+                value, wait = _http_date_in(1)
+            else:
+                now = time.time()
+                value = str(math.ceil(now) + 1)
+                wait = math.ceil(now) + 1 - now
+            asked[i] = wait
+            return Answer(status, headers={header: value})
+        return Answer(200)
+
+    receiver.answer = answer
+    rig = await Rig.create(
+        tmp_path, [entry("hook", {"url": receiver.url}, options={"breaker": NO_BREAKER})]
+    )
+    try:
+        first = await rig.add(["hook"], {"email": "a@example.com", "n": 1})
+        assert [d.state for d in await rig.wait_settled(first)] == [DeliveryState.DELIVERED]
+        second = await rig.add(["hook"], {"email": "b@example.com", "n": 2})
+        assert [d.state for d in await rig.wait_settled(second)] == [DeliveryState.DELIVERED]
+        seen = receiver.seen
+        assert [r.json()["n"] for r in seen] == [1, 1, 2, 2]
+        plain_gap = seen[1].at - seen[0].at
+        asked_gap = seen[3].at - seen[2].at
+        assert asked[2] >= 1.0
+        assert asked_gap >= asked[2], (asked_gap, asked[2])
+        # Without a header the configured backoff (at most 100 ms) sets the pace.
+        assert plain_gap < asked_gap / 3, (plain_gap, asked_gap)
+        assert [a.status for a in await attempts_of(rig, second[0])] == [status, 200]
+    finally:
+        await rig.close()
+
+
+async def test_gives_up_after_max_attempts(tmp_path: Path, receiver: CountingReceiver) -> None:
+    receiver.answer = lambda r: Answer(503, body=b"down")
+    retry = {**FAST_RETRY, "max_attempts": 3}
+    rig = await Rig.create(
+        tmp_path,
+        [entry("hook", {"url": receiver.url}, options={"retry": retry, "breaker": NO_BREAKER})],
+    )
+    try:
+        [d] = await rig.add(["hook"])
+        [dead] = await rig.wait_settled([d])
+        assert dead.state == DeliveryState.DEAD
+        assert dead.attempts == 3
+        assert dead.last_error is not None
+        assert dead.last_error.startswith("gave up after 3 attempts"), dead.last_error
+        assert "HTTP 503: down" in dead.last_error
+        assert dead.last_status == 503
+        await asyncio.sleep(0.3)
+        assert len(receiver.seen) == 3
+    finally:
+        await rig.close()
+
+
+# -- circuit breaker --------------------------------------------------------------------------
+
+
+async def test_breaker_opens_probes_once_then_recovers(
+    tmp_path: Path, receiver: CountingReceiver
+) -> None:
+    healthy = False
+    probe_delay = 0.3
+
+    def answer(r: Received) -> Answer:
+        return Answer(200, delay=probe_delay) if healthy else Answer(503)
+
+    receiver.answer = answer
+    rig = await Rig.create(
+        tmp_path,
+        [
+            entry(
+                "hook",
+                {"url": receiver.url},
+                options={"concurrency": 4, "breaker": {"failures": 3, "cooldown": "1s"}},
+            )
+        ],
+    )
+    try:
+        ids = [d for _ in range(10) for d in await rig.add(["hook"])]
+
+        def breaker() -> str:
+            [lane] = rig.engine.status()
+            return str(lane["breaker"])
+
+        await wait_until(lambda: bool(rig.engine.status()) and breaker() == "open")
+        opened_after = len(receiver.seen)
+        assert opened_after >= 3
+        healthy = True
+        done = await rig.wait_settled(ids)
+        assert {d.state for d in done} == {DeliveryState.DELIVERED}
+
+        before, after = receiver.seen[:opened_after], receiver.seen[opened_after:]
+        assert all(r.headers.get("Idempotency-Key") for r in before)
+        # While open, nothing was sent for the cooldown (a request already on its way when
+        # it opened may arrive a moment after; hence the small allowance).
+        gap = after[0].at - max(r.at for r in before)
+        assert gap >= 1.0 - 0.05, gap
+        # Half-open: a single probe; nothing else until its (slow) answer came back.
+        assert after[1].at - after[0].at >= probe_delay, [r.at - after[0].at for r in after]
+        # Closed again: the rest flow, several at once.
+        assert receiver.max_in_flight > 1
+    finally:
+        await rig.close()
+
+
+# -- lanes ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fault", ["hangs", "refuses"])
+async def test_dead_lane_does_not_slow_a_healthy_one(tmp_path: Path, fault: str) -> None:
+    good = await Receiver(lambda r: Answer(200, delay=0.02)).start()
+    bad: HangingReceiver | None = None
+    if fault == "hangs":
+        bad = await HangingReceiver(5.0).start()
+        bad_conn = {"url": bad.url, "read_timeout": 10}
+    else:
+        bad_conn = {"url": f"http://127.0.0.1:{free_port()}/"}
+    rig = await Rig.create(
+        tmp_path,
+        [
+            entry("good", {"url": good.url}, options={"concurrency": 4}),
+            entry("bad", bad_conn, options={"concurrency": 4}),
+        ],
+        settings=EngineSettings(lease_seconds=30, poll_interval=0.05, shutdown_grace=0.2),
+    )
+    n = 150
+
+    async def timed(integrations: list[str], n: int = n, within: float = 60.0) -> float:
+        t0 = time.perf_counter()
+        good_ids = [(await rig.add(integrations))[0] for _ in range(n)]
+        done = await rig.wait_settled(good_ids, within=within)
+        assert {d.state for d in done} == {DeliveryState.DELIVERED}
+        return time.perf_counter() - t0
+
+    try:
+        await timed(["good"], 20)  # warm up: lane, connections
+        alone = await timed(["good"])
+        beside = await timed(["good", "bad"], within=max(10.0, 10 * alone))
+        if bad is not None:
+            assert bad.seen, "the bad lane was never tried"
+        assert beside < 3 * alone, (alone, beside)
+    finally:
+        await rig.close()
+        await good.stop()
+        if bad is not None:
+            await bad.stop()
+
+
+async def test_concurrency_limit_is_respected(tmp_path: Path, receiver: CountingReceiver) -> None:
+    receiver.answer = lambda r: Answer(200, delay=0.1)
+    rig = await Rig.create(
+        tmp_path, [entry("hook", {"url": receiver.url}, options={"concurrency": 2})], start=False
+    )
+    try:
+        ids = [d for _ in range(10) for d in await rig.add(["hook"])]
+        await rig.engine.start()
+        done = await rig.wait_settled(ids)
+        assert {d.state for d in done} == {DeliveryState.DELIVERED}
+        assert len(receiver.seen) == 10
+        assert receiver.max_in_flight == 2
+    finally:
+        await rig.close()
+
+
+async def test_rate_limit_is_respected(tmp_path: Path, receiver: CountingReceiver) -> None:
+    rate, n = 5.0, 10
+    rig = await Rig.create(
+        tmp_path, [entry("hook", {"url": receiver.url}, options={"rate_limit": "5/s"})], start=False
+    )
+    try:
+        ids = [d for _ in range(n) for d in await rig.add(["hook"])]
+        await rig.engine.start()
+        done = await rig.wait_settled(ids)
+        assert {d.state for d in done} == {DeliveryState.DELIVERED}
+        at = sorted(r.at for r in receiver.seen)
+        assert len(at) == n
+        # A token bucket: in any stretch of time t, at most a second's burst plus rate * t
+        # requests (a little slack for timer granularity).
+        burst = rate
+        for i in range(n):
+            for j in range(i, n):
+                assert j - i + 1 <= burst + rate * (at[j] - at[i]) + 0.5, (i, j, at)
+        assert at[-1] - at[0] >= (n - burst) / rate * 0.9, at
+    finally:
+        await rig.close()
+
+
+# -- batches, files, mapping errors -----------------------------------------------------------
+
+
+async def test_batches_are_sent_as_json_arrays(tmp_path: Path, receiver: CountingReceiver) -> None:
+    rig = await Rig.create(
+        tmp_path,
+        [
+            entry(
+                "hook",
+                {"url": receiver.url},
+                settings={"body": "array"},
+                options={"batch_size": 10},
+            )
+        ],
+        start=False,
+    )
+    try:
+        ids = [d for _ in range(25) for d in await rig.add(["hook"])]
+        await rig.engine.start()
+        done = await rig.wait_settled(ids)
+        assert {d.state for d in done} == {DeliveryState.DELIVERED}
+        assert all(d.attempts == 1 for d in done)
+        bodies = [r.json() for r in receiver.requests]
+        assert all(isinstance(b, list) for b in bodies)
+        assert all(1 <= len(b) <= 10 for b in bodies)
+        assert max(len(b) for b in bodies) == 10
+        assert len(bodies) < 25
+        assert sorted(x["n"] for b in bodies for x in b) == list(range(1, 26))
+        for r in receiver.requests:
+            key = r.headers["Idempotency-Key"]
+            assert key.startswith("batch_") or len(r.json()) == 1
+    finally:
+        await rig.close()
+
+
+async def test_file_type_appends_ndjson_and_fsyncs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "out" / "deliveries.ndjson"
+    out.parent.mkdir()
+    out.write_text('{"already":"there"}\n')
+    synced: list[tuple[str, bytes]] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        real_fsync(fd)
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            return
+        if target == str(out):
+            synced.append((target, out.read_bytes()))
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    rig = await Rig.create(
+        tmp_path,
+        [entry("file", {"path": str(out)}, type="file")],
+        start=False,
+    )
+    try:
+        ids = [d for _ in range(5) for d in await rig.add(["file"])]
+        await rig.engine.start()
+        done = await rig.wait_settled(ids)
+        assert {d.state for d in done} == {DeliveryState.DELIVERED}
+        more = await rig.add(["file"])
+        assert [d.state for d in await rig.wait_settled(more)] == [DeliveryState.DELIVERED]
+
+        lines = out.read_bytes().splitlines()
+        assert orjson.loads(lines[0]) == {"already": "there"}
+        records = [orjson.loads(line) for line in lines[1:]]
+        assert records == [{"email": f"u{i}@example.com", "n": i} for i in range(1, 7)]
+        # Every append was fsynced with its lines in the file.
+        assert synced, "the file was never fsynced"
+        assert synced[-1][1] == out.read_bytes()
+        assert len(synced) <= 6
+    finally:
+        await rig.close()
+
+
+async def test_mapping_error_kills_only_that_delivery(
+    tmp_path: Path, receiver: CountingReceiver
+) -> None:
+    rig = await Rig.create(
+        tmp_path,
+        [
+            entry(
+                "hook",
+                {"url": receiver.url + "/in/{kind}"},
+                settings={"body": "array"},
+                fields={
+                    "email": {"path": "email", "required": True},
+                    "n": {"path": "n", "transform": ["to_int"]},
+                    "kind": "kind",
+                },
+                options={"batch_size": 10},
+            )
+        ],
+        start=False,
+    )
+    try:
+        records = [
+            {"email": "a@example.com", "n": 1, "kind": "x"},
+            {"n": 2, "kind": "x"},  # required field missing
+            {"email": "c@example.com", "n": "three", "kind": "x"},  # not an integer
+            {"email": "d@example.com", "n": 4},  # URL placeholder without a value
+            {"email": "e@example.com", "n": 5, "kind": "x"},
+        ]
+        ids = [(await rig.add(["hook"], r))[0] for r in records]
+        await rig.engine.start()
+        done = await rig.wait_settled(ids)
+        states = [d.state for d in done]
+        assert states == [
+            DeliveryState.DELIVERED,
+            DeliveryState.DEAD,
+            DeliveryState.DEAD,
+            DeliveryState.DEAD,
+            DeliveryState.DELIVERED,
+        ]
+        for d in (done[1], done[2], done[3]):
+            assert d.attempts == 1
+            assert (d.last_error or "").startswith("mapping error"), d
+        assert "email" in (done[1].last_error or "")
+        assert "n" in (done[2].last_error or "")
+        assert "{kind}" in (done[3].last_error or "")
+        sent = [x for r in receiver.requests for x in r.json()]
+        assert sorted(x["n"] for x in sent) == [1, 5]
+        assert {r.path for r in receiver.requests} == {"/in/x"}
+    finally:
+        await rig.close()
+
+
+# -- per-entry outcomes -----------------------------------------------------------------------
+
+
+def read_results(request: OutboundRequest, response: Response) -> list[Outcome]:
+    """``{"results": [{"ok": true}, {"ok": false, "retry": true}, ...]}``, one per entry in
+    body order."""
+    results = orjson.loads(response.body)["results"]
+    out = []
+    for delivery, res in zip(request.delivery_ids, results, strict=True):
+        if res.get("ok"):
+            out.append(Outcome(delivery, OutcomeKind.DELIVERED, response.status))
+        elif res.get("retry"):
+            out.append(Outcome(delivery, OutcomeKind.RETRY, response.status, res.get("error")))
+        else:
+            out.append(Outcome(delivery, OutcomeKind.PERMANENT, response.status, res.get("error")))
+    return out
+
+
+@pytest.fixture
+def per_entry_type() -> Any:
+    """A test-only type: http's requests with an array body, answers read per entry."""
+    name = f"test_per_entry_{uuid.uuid4().hex[:8]}"
+
+    def build(integration: Any, batch: Any, **kw: Any) -> list[OutboundRequest]:
+        return http_type.build(integration, batch, **kw)
+
+    decl = register(
+        IntegrationType(
+            name=name,
+            description="Test only: per-entry results.",
+            connection=http_type.HTTP.connection,
+            settings=http_type.HTTP.settings,
+            actions=(Action("send", "Send entries.", open_fields=True),),
+            default_options={"batch_size": 10, "concurrency": 1},
+            build=build,
+            read=read_results,
+        )
+    )
+    yield decl
+    TYPES.pop(name, None)  # keep the catalog (and its generated docs test) as it was
+
+
+async def test_only_failed_entries_are_sent_again(
+    tmp_path: Path, receiver: CountingReceiver, per_entry_type: IntegrationType
+) -> None:
+    tries: dict[int, int] = {}
+
+    def answer(r: Received) -> Answer:
+        results = []
+        for x in r.json():
+            n = x["n"]
+            tries[n] = tries.get(n, 0) + 1
+            if n == 2 and tries[n] == 1:
+                results.append({"ok": False, "retry": True, "error": "throttled entry"})
+            elif n == 3:
+                results.append({"ok": False, "retry": False, "error": "invalid entry"})
+            elif n == 4 and tries[n] <= 2:
+                results.append({"ok": False, "retry": True, "error": "busy"})
+            else:
+                results.append({"ok": True})
+        return Answer(200, body=orjson.dumps({"results": results}))
+
+    receiver.answer = answer
+    rig = await Rig.create(
+        tmp_path,
+        [
+            entry(
+                "batchy",
+                {"url": receiver.url},
+                type=per_entry_type.name,
+                settings={"body": "array"},
+            )
+        ],
+        start=False,
+    )
+    try:
+        ids = [d for _ in range(5) for d in await rig.add(["batchy"])]
+        await rig.engine.start()
+        done = await rig.wait_settled(ids)
+        assert [d.state for d in done] == [
+            DeliveryState.DELIVERED,
+            DeliveryState.DELIVERED,
+            DeliveryState.DEAD,
+            DeliveryState.DELIVERED,
+            DeliveryState.DELIVERED,
+        ]
+        assert [d.attempts for d in done] == [1, 2, 1, 3, 1]
+        assert done[2].last_error == "invalid entry"
+        sent = [[x["n"] for x in r.json()] for r in receiver.seen]
+        assert sent[0] == [1, 2, 3, 4, 5]
+        # Only the entries that asked to retry came again; never the delivered or dead ones.
+        again = [n for body in sent[1:] for n in body]
+        assert sorted(again) == [2, 4, 4]
+    finally:
+        await rig.close()
