@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import os
 import platform
@@ -584,17 +585,21 @@ def ms(x: float | None) -> str:
 
 
 def code_state() -> str:
-    """The commit the gateway ran from, and whether gateway/ differed from it."""
+    """The last commit of gateway/ the gateway ran from, and any uncommitted changes there."""
 
     def git(*a: str) -> str:
         return subprocess.run(["git", *a], cwd=HERE.parent, capture_output=True, text=True).stdout
 
-    head = git("rev-parse", "--short", "HEAD").strip()
+    last = git("log", "-1", "--format=%h", "--", "gateway").strip()
     dirty = git("status", "--porcelain", "--", "gateway").rstrip()
     if not dirty:
-        return f"gateway code: {head}"
+        return f"gateway code: {last} (last commit touching gateway/)"
     files = ", ".join(line[3:] for line in dirty.splitlines())
-    return f"gateway code: {head} plus uncommitted changes in {files}"
+    digest = hashlib.sha256(git("diff", "--", "gateway").encode()).hexdigest()[:8]
+    return (
+        f"gateway code: {last} (last commit touching gateway/) plus uncommitted changes in "
+        f"{files} (diff {digest})"
+    )
 
 
 LABELS = {
