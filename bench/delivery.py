@@ -258,6 +258,15 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def cpu_stall() -> float:
+    """Seconds so far in which some runnable task waited for a CPU (Linux PSI), or NaN."""
+    try:
+        line = Path("/proc/pressure/cpu").read_text().splitlines()[0]
+    except (OSError, IndexError):
+        return float("nan")
+    return int(line.rsplit("total=", 1)[1]) / 1e6
+
+
 def commits(gw: GatewayProcess) -> tuple[float, float]:
     """The store's write transactions so far and their total seconds (``GET /metrics``)."""
     with urllib.request.urlopen(gw.url + "/metrics", timeout=30) as r:
@@ -409,6 +418,7 @@ def run_throughput(
             gw.start()
             prof = start_profile(args, gw, name) if delivery else None
             tx0 = commits(gw)
+            stall0 = cpu_stall()
             cpu0 = cpu_seconds(gw.proc.pid)
             sink_cpu0 = cpu_seconds(sink.proc.pid) if sink else 0.0
             t_start = time.time()
@@ -417,6 +427,7 @@ def run_throughput(
             cpu = cpu_seconds(gw.proc.pid) - cpu0
             sink_cpu = (cpu_seconds(sink.proc.pid) - sink_cpu0) if sink else 0.0
             tx1 = commits(gw)
+            stall = cpu_stall() - stall0
             pending_at_end = pending(gw) if sink else None
             # Requests wrk had in flight when it stopped are still committed after it exits.
             accepted = stored(gw)
@@ -431,6 +442,7 @@ def run_throughput(
                 "gateway_cpu": cpu / (t_end - t_start),
                 "sink_cpu": sink_cpu / (t_end - t_start),
                 **writer_stats(tx0, tx1, t_end - t_start),
+                "cpu_pressure": stall / (t_end - t_start),
             }
             if w["requests"] - w["non_2xx"] > accepted:
                 r["warning"] = (
@@ -504,6 +516,8 @@ def run_latency(args: argparse.Namespace, name: str, config: str, rate: float) -
             gw.start()
             out = root / "acked.json"
             tx0 = commits(gw)
+            stall0 = cpu_stall()
+            wall0 = time.time()
             cpu0 = cpu_seconds(gw.proc.pid)
             subprocess.run(
                 [
@@ -522,6 +536,7 @@ def run_latency(args: argparse.Namespace, name: str, config: str, rate: float) -
             gen = json.loads(out.read_text())
             cpu = cpu_seconds(gw.proc.pid) - cpu0
             tx1 = commits(gw)
+            stall = (cpu_stall() - stall0) / (time.time() - wall0)
             acked = {seq: t for seq, t, status in gen["acked"] if status == 202}
             drained, _ = wait_drained(sink, gw, len(acked), args.drain_timeout)
             pending_after = pending(gw)
@@ -554,6 +569,7 @@ def run_latency(args: argparse.Namespace, name: str, config: str, rate: float) -
         "ingest_p99": gen["ingest_p99"],
         "pending_in_store_after": pending_after,
         **writer_stats(tx0, tx1, gen["end"] - gen["start"]),
+        "cpu_pressure": stall,
     }
     if lat:
         # Records never delivered count as slower than any that were.
@@ -635,14 +651,18 @@ def report(args: argparse.Namespace, res: dict, rate: float, started: float) -> 
         "taken within a round.",
         "",
         "| round | run | ingest req/s | delivered rec/s during load | delivered / ingest-only "
-        "| backlog at end of load | drain time | gateway CPU | store tx/s | writer busy |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| backlog at end of load | drain time | gateway CPU | store tx/s | writer busy "
+        "| CPU pressure |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for n, rnd in enumerate(rounds, 1):
         base = rnd["ingest_only"]["ingest_rps"]
         for key in RUNS:
             r = rnd[key]
-            tail = f"| {r['gateway_cpu']:.0%} | {r['tx_per_s']:.0f} | {r['writer_busy']:.0%} |"
+            tail = (
+                f"| {r['gateway_cpu']:.0%} | {r['tx_per_s']:.0f} | {r['writer_busy']:.0%} "
+                f"| {r['cpu_pressure']:.0%} |"
+            )
             if not r["delivery"]:
                 lines.append(
                     f"| {n} | {LABELS[key]} | {r['ingest_rps']:.0f} | - | - | - | - {tail}"
@@ -679,7 +699,9 @@ def report(args: argparse.Namespace, res: dict, rate: float, started: float) -> 
         "distinct records the sink got between the start and the end of the load. Gateway CPU = "
         "share of one core during the load (all its threads). Store tx/s and writer busy = the "
         "SQLite writer thread's transactions a second and the share of the time it was inside "
-        "one (BEGIN to COMMIT), from `gateway_store_commit_seconds` in `/metrics`.",
+        "one (BEGIN to COMMIT), from `gateway_store_commit_seconds` in `/metrics`. CPU "
+        "pressure = share of the time some runnable task on the machine waited for a CPU "
+        "(`/proc/pressure/cpu`): well above 0% means other work was competing for the 2 cores.",
         "",
         f"- **batches of 100: delivered / ingest-only = {bm:.0%}** (median; rounds "
         f"{listed(ratios('batched'))}). Target: keeps up with the single-record ingest rate "
@@ -728,8 +750,8 @@ def report(args: argparse.Namespace, res: dict, rate: float, started: float) -> 
         + (" (`--rate`)" if args.rate else " (half the median ingest-only rate)"),
         "",
         "| config | achieved rate | 202s | p50 | p90 | p99 | max | not delivered "
-        "| ingest p50 / p99 | gateway CPU | writer busy | target p99 < 250 ms |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| ingest p50 / p99 | gateway CPU | writer busy | CPU pressure | target p99 < 250 ms |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for key in ("lat_unbatched", "lat_batched"):
         r = res[key]
@@ -739,7 +761,8 @@ def report(args: argparse.Namespace, res: dict, rate: float, started: float) -> 
             f"| {ms(r.get('p50'))} | {ms(r.get('p90'))} | {ms(r.get('p99'))} "
             f"| {ms(r.get('max'))} | {r['missing']} "
             f"| {ms(r['ingest_p50'])} / {ms(r['ingest_p99'])} | {r['gateway_cpu']:.0%} "
-            f"| {r['writer_busy']:.0%} | **{'met' if ok else 'missed'}** |"
+            f"| {r['writer_busy']:.0%} | {r['cpu_pressure']:.0%} "
+            f"| **{'met' if ok else 'missed'}** |"
         )
     lines += [
         "",
