@@ -580,6 +580,10 @@ def _deliveries_list(args: argparse.Namespace, api: _AdminClient) -> int:
             ),
         )
         items += page["deliveries"]
+        if page["next_cursor"] is not None and (
+            page["next_cursor"] == cursor or not page["deliveries"]
+        ):
+            raise _CliFailure(1, f"error: {api.url} gave a cursor that does not move on")
         cursor = page["next_cursor"]
         if cursor is None or (args.limit and len(items) >= args.limit):
             break

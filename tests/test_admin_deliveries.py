@@ -310,7 +310,13 @@ async def test_replay_by_ids_sends_dead_deliveries_again(
     aiohttp_client, tmp_path: Path, receiver: Receiver
 ) -> None:
     receiver.answer = lambda r: Answer(400, body=b'{"error":"bad"}')
-    client = await make_client(aiohttp_client, tmp_path, [http_entry("hook", receiver.url)])
+    # The engine looks for due deliveries only when woken: the replay must wake it.
+    client = await make_client(
+        aiohttp_client,
+        tmp_path,
+        [http_entry("hook", receiver.url)],
+        delivery_poll_interval=60,
+    )
     store: Store = client.app[STORE]
     ids = [(await add(client, ["hook"], n=i))[0] for i in range(3)]
     await wait_state(store, ids, DeliveryState.DEAD)
