@@ -33,8 +33,16 @@ async def client(aiohttp_client, tmp_path: Path):
     mappings = tmp_path / "mappings"
     mappings.mkdir()
     (mappings / "shop.yaml").write_text(VERSION_A)
+    # These tests are about loading and fan-out; the engine would append to files in the
+    # working directory (the mappings' relative paths).
     settings = load_settings(
-        {"data_dir": tmp_path / "data", "mappings": mappings, "admin_token": TOKEN}, environ={}
+        {
+            "data_dir": tmp_path / "data",
+            "mappings": mappings,
+            "admin_token": TOKEN,
+            "delivery": False,
+        },
+        environ={},
     )
     return await aiohttp_client(create_app(settings))
 
@@ -137,7 +145,8 @@ def _admin(gw: GatewayProcess, method: str, path: str) -> dict:
         return json.loads(r.read())
 
 
-def _wait_for_integrations(gw: GatewayProcess, names: list[str], timeout: float = 10) -> bool:
+def _wait_for_integrations(gw: GatewayProcess, names: list[str], timeout: float = 30) -> bool:
+    # Generous: the watcher debounces, and CI machines are shared and sometimes loaded.
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         groups = _admin(gw, "GET", "/admin/v1/groups")["groups"]
@@ -148,6 +157,15 @@ def _wait_for_integrations(gw: GatewayProcess, names: list[str], timeout: float 
     return False
 
 
+def _logged(gw: GatewayProcess, text: str, within: float = 15) -> bool:
+    deadline = time.monotonic() + within
+    while text not in gw.output():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
 def test_running_server_picks_up_file_changes_and_sighup(tmp_path: Path) -> None:
     gw = GatewayProcess(tmp_path, groups=(), GATEWAY_ADMIN_TOKEN=TOKEN)
     (gw.mappings / "shop.yaml").write_text(VERSION_A)
@@ -156,14 +174,11 @@ def test_running_server_picks_up_file_changes_and_sighup(tmp_path: Path) -> None
         assert _wait_for_integrations(gw, ["a"])
         (gw.mappings / "shop.yaml").write_text(VERSION_B)  # the watcher sees it
         assert _wait_for_integrations(gw, ["a", "b"]), gw.output()[-2000:]
-        assert '"reason":"watch"' in gw.output()
+        assert _logged(gw, '"reason":"watch"')  # logs are written out about once a second
         # SIGHUP reloads too (and says so even when nothing changed).
         assert gw.proc is not None
         gw.proc.send_signal(signal.SIGHUP)
-        deadline = time.monotonic() + 10
-        while '"reason":"SIGHUP"' not in gw.output() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert '"reason":"SIGHUP"' in gw.output()
+        assert _logged(gw, '"reason":"SIGHUP"')
         assert gw.proc.poll() is None  # SIGHUP does not stop the server
     finally:
         assert gw.stop() == 0

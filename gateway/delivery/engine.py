@@ -145,7 +145,9 @@ class DeliveryEngine(Attempts):
             lane.type_name = compiled.type.name if compiled else ""
             lane.paused = key in self._paused
             self.lanes[key] = lane
-            if not self._stopping:
+            # A process that does not deliver (GATEWAY_DELIVERY=false) still answers the
+            # admin API about lanes; it must not start sending on them.
+            if self._dispatcher is not None and not self._stopping:
                 lane.task = asyncio.create_task(self._lane_loop(lane), name=f"lane {key}")
         return lane
 
