@@ -367,13 +367,6 @@ async def test_breaker_opens_probes_once_then_recovers(
         await rig.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gateway/delivery/attempt.py _judge_lane: when the breaker closes it calls "
-    "engine._recovered (gateway/delivery/engine.py), whose store.reschedule_lane(at=now, "
-    "only_earlier=False) makes every pending delivery of the lane due at once, including "
-    "one the server told to wait (Retry-After): the server's wait is no longer a floor",
-)
 async def test_breaker_recovery_keeps_a_server_asked_wait(
     tmp_path: Path, receiver: CountingReceiver
 ) -> None:

@@ -946,6 +946,15 @@ async def test_reschedule_lane_moves_only_its_unleased_pending_deliveries(store:
     assert await store.reschedule_lane("nope", "crm", at=1.0, only_earlier=False) == 0
 
 
+async def test_reschedule_lane_with_before_moves_only_those_due_before_it(store: Store) -> None:
+    rs = [rec("g", ("crm",), received_at=t) for t in (100.0, 200.0, 300.0)]
+    await add(store, *rs)
+    # A breaker's recovery: what it put off (due before 250) is due now; a later one stays.
+    assert await store.reschedule_lane("g", "crm", at=50.0, only_earlier=False, before=250.0) == 2
+    times = [(await by_integration(store, r.id))["crm"].next_attempt_at for r in rs]
+    assert times == [50.0, 50.0, 300.0]
+
+
 async def test_replay_by_ids_skips_pending_and_unknown_and_keeps_history(store: Store) -> None:
     r = rec(integrations=("crm", "mail", "chat"), received_at=1000.0)
     await add(store, r)

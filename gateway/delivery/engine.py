@@ -370,8 +370,15 @@ class DeliveryEngine(Attempts):
         return batch
 
     async def _recovered(self, lane: Lane) -> None:
+        # What the breaker put off (to its last opening's end, plus up to a second of
+        # jitter) is due now; retries that a server asked to wait longer keep their time.
+        put_off_until = monotonic_to_wall(lane.breaker.open_until) + 1.0
         await self.store.reschedule_lane(
-            lane.group_key, lane.integration, at=self._clock(), only_earlier=False
+            lane.group_key,
+            lane.integration,
+            at=self._clock(),
+            only_earlier=False,
+            before=put_off_until + 0.001,
         )
         self.notify()
 

@@ -316,11 +316,18 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def reschedule_lane(
-        self, group_key: str, integration: str, *, at: float, only_earlier: bool
+        self,
+        group_key: str,
+        integration: str,
+        *,
+        at: float,
+        only_earlier: bool,
+        before: float | None = None,
     ) -> int:
         """Move the lane's unleased pending deliveries to ``at`` (with ``only_earlier``, only
-        those due before ``at``: a deferral that never brings a retry forward); return how
-        many. One statement, for breaker openings, pauses and resumes."""
+        those due before ``at``: a deferral that never brings a retry forward; with
+        ``before``, only those due before that time); return how many. One statement, for
+        breaker openings and recoveries, pauses and resumes."""
 
     @abc.abstractmethod
     async def replay_deliveries(

@@ -1093,7 +1093,13 @@ class SQLiteStore(Store):
         return await self._write(release)
 
     async def reschedule_lane(
-        self, group_key: str, integration: str, *, at: float, only_earlier: bool
+        self,
+        group_key: str,
+        integration: str,
+        *,
+        at: float,
+        only_earlier: bool,
+        before: float | None = None,
     ) -> int:
         """Move the lane's unleased pending deliveries to ``at`` in one statement.
 
@@ -1110,6 +1116,7 @@ class SQLiteStore(Store):
             "WHERE state = 'pending' AND group_key = ? AND integration = ? "
             "AND (lease_owner IS NULL OR lease_expires_at <= ?)"
             + (" AND next_attempt_at < ?" if only_earlier else "")
+            + (" AND next_attempt_at < ?" if before is not None else "")
         )
 
         def reschedule(c: sqlite3.Connection) -> int:
@@ -1117,6 +1124,8 @@ class SQLiteStore(Store):
             params: list[Any] = [at, now, group_key, integration, now]
             if only_earlier:
                 params.append(at)
+            if before is not None:
+                params.append(before)
             return c.execute(sql, params).rowcount
 
         return await self._write(reschedule)
