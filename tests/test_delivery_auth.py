@@ -280,14 +280,6 @@ async def test_oauth2_401_refreshes_the_token_once_and_delivers(
         await rig.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gateway/delivery/attempt.py _send_one: every request refused with 401 calls "
-    "TokenCache.invalidate (gateway/integrations/oauth2.py) without saying which token was "
-    "refused, so a 401 for the old token that is read after another request already fetched "
-    "the new one throws the new token away and fetches yet another: one revocation, several "
-    "token fetches",
-)
 async def test_oauth2_concurrent_401s_refresh_the_token_once(
     tmp_path: Path,
     receiver: RawReceiver,

@@ -218,7 +218,8 @@ class Attempts:
             and TokenCache.needs_token(integration)
         ):
             # The token may have been revoked or expired early: one fresh token, one retry.
-            self.tokens.invalidate(integration)
+            bearer = request.headers.get("Authorization", "")
+            self.tokens.invalidate(integration, bearer.removeprefix("Bearer "))
             try:
                 await self.tokens.ensure(integration, self.transport.client())
                 ids = set(request.delivery_ids)

@@ -9,6 +9,7 @@ retries that request once.
 from __future__ import annotations
 
 import asyncio
+import base64
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -65,9 +66,14 @@ class TokenCache:
             raise TokenError("no OAuth2 token was fetched", permanent=False)
         return token.value
 
-    def invalidate(self, integration: Any) -> None:
-        """Forget the integration's token (it was refused with a 401)."""
-        self._tokens.pop(_key(integration.connection.value["auth"]), None)
+    def invalidate(self, integration: Any, refused: str | None = None) -> None:
+        """Forget the integration's token (it was refused with a 401). With ``refused``,
+        only if the cached token is still that one: many requests refused together, or a
+        401 read after another request already fetched a new token, cost one fetch."""
+        key = _key(integration.connection.value["auth"])
+        token = self._tokens.get(key)
+        if token is not None and (refused is None or token.value == refused):
+            del self._tokens[key]
 
     async def ensure(self, integration: Any, session: aiohttp.ClientSession) -> None:
         """Have a token that is good for a while yet, fetching one if needed."""
@@ -96,18 +102,18 @@ class TokenCache:
         form = {"grant_type": "client_credentials"}
         if auth.get("scope"):
             form["scope"] = str(auth["scope"])
-        basic = None
+        headers = {"Accept": "application/json"}
         if auth.get("client_auth", "basic") == "body":
             form.update(client_id=str(client_id), client_secret=str(secret))
         else:
-            basic = aiohttp.BasicAuth(str(client_id), str(secret))
+            raw = f"{client_id}:{secret}".encode()
+            headers["Authorization"] = "Basic " + base64.b64encode(raw).decode()
         self.fetches += 1
         try:
             async with session.post(
                 str(url),
                 data=form,
-                auth=basic,
-                headers={"Accept": "application/json"},
+                headers=headers,
                 timeout=aiohttp.ClientTimeout(total=30),
             ) as resp:
                 body = await resp.read()
