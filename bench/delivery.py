@@ -692,6 +692,14 @@ def report(args: argparse.Namespace, res: dict, rate: float, started: float) -> 
     def listed(xs: list[float]) -> str:
         return ", ".join(f"{x:.0%}" for x in xs)
 
+    def per_cpu(key: str) -> list[float]:
+        # Records per second of gateway CPU: less sensitive to other work on the machine.
+        return [
+            (r[key]["delivered_rps"] / r[key]["gateway_cpu"])
+            / (r["ingest_only"]["ingest_rps"] / r["ingest_only"]["gateway_cpu"])
+            for r in rounds
+        ]
+
     bm = median(ratios("batched"))
     lines += [
         "",
@@ -707,11 +715,13 @@ def report(args: argparse.Namespace, res: dict, rate: float, started: float) -> 
         f"{listed(ratios('batched'))}). Target: keeps up with the single-record ingest rate "
         f"(100%): **{'met' if bm >= 1 else 'missed'}**. Delivered / that run's own ingest "
         f"{listed(ratios('batched', 'own'))}; its ingest / ingest-only "
-        f"{listed(own_ingest('batched'))}.",
+        f"{listed(own_ingest('batched'))}. Per gateway CPU-second (delivered records per "
+        f"CPU-second / ingest-only records per CPU-second): {listed(per_cpu('batched'))}.",
         f"- one record a request: delivered / ingest-only = "
         f"{median(ratios('unbatched')):.0%} (rounds {listed(ratios('unbatched'))}); delivered "
         f"/ its own ingest {listed(ratios('unbatched', 'own'))}; its ingest / ingest-only "
-        f"{listed(own_ingest('unbatched'))}.",
+        f"{listed(own_ingest('unbatched'))}; per gateway CPU-second "
+        f"{listed(per_cpu('unbatched'))}.",
         "",
         "Per 5 s of the load (accepted / delivered / backlog at the end of the 5 s):",
         "",
