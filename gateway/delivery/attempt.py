@@ -24,6 +24,7 @@ from gateway.delivery.breaker import BreakerState
 from gateway.delivery.lane import Lane, LaneConfig
 from gateway.integrations.base import (
     BuildErrors,
+    BuildUnavailable,
     OutboundRequest,
     Outcome,
     OutcomeKind,
@@ -168,7 +169,7 @@ class Attempts:
                 # A refusal says the token endpoint is up; no answer counts as a failure.
                 self._feed_breaker(lane, exc.permanent)
                 return
-        requests = self._build(integration, [it for it in items if it.outcome is None])
+        requests = await self._build(integration, [it for it in items if it.outcome is None])
         if not requests:
             return
         if lane.config.verify_tls is False and lane.key not in self._warned_tls:
@@ -182,25 +183,30 @@ class Attempts:
         by_id = {it.claimed.delivery.id: it for it in items}
         await asyncio.gather(*(self._send_one(lane, integration, r, by_id) for r in requests))
 
-    def _build(self, integration: Any, items: list[_Item]) -> list[OutboundRequest]:
+    async def _build(self, integration: Any, items: list[_Item]) -> list[OutboundRequest]:
         """The requests for the items; records the builder refuses become permanent."""
         build = integration.type.build
         live = items
         while live:
             batch = [(it.claimed.delivery.id, it.fields or {}) for it in live]
             try:
+                if integration.type.blocking_build:
+                    return await asyncio.to_thread(
+                        build, integration, batch, tokens=self.tokens.get
+                    )
                 return build(integration, batch, tokens=self.tokens.get)
             except BuildErrors as exc:
                 for it in live:
                     err = exc.errors.get(it.claimed.delivery.id)
                     if err is not None:
+                        why = f"mapping error: {err}" if isinstance(err, MappingError) else str(err)
                         it.outcome = Outcome(
-                            it.claimed.delivery.id,
-                            OutcomeKind.PERMANENT,
-                            None,
-                            f"mapping error: {err}",
+                            it.claimed.delivery.id, OutcomeKind.PERMANENT, None, why
                         )
                 live = [it for it in live if it.outcome is None]
+            except BuildUnavailable as exc:
+                self._settle(live, OutcomeKind.RETRY, str(exc))
+                return []
             except (ValueError, KeyError, TypeError) as exc:
                 self._settle(live, OutcomeKind.PERMANENT, f"cannot build the request: {exc}")
                 return []
@@ -223,7 +229,7 @@ class Attempts:
             try:
                 await self.tokens.ensure(integration, self.transport.client())
                 ids = set(request.delivery_ids)
-                again = self._build(integration, [by_id[d] for d in request.delivery_ids])
+                again = await self._build(integration, [by_id[d] for d in request.delivery_ids])
                 request = next(r for r in again if set(r.delivery_ids) <= ids)
                 response = await self._exchange(lane, request)
             except TokenError as exc:

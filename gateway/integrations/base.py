@@ -117,6 +117,11 @@ class Builder(Protocol):
     ) -> list[OutboundRequest]: ...
 
 
+class BuildUnavailable(Exception):
+    """The requests cannot be built now but may be later (credentials could not be fetched:
+    an instance metadata or STS hiccup). Every record of the batch is retried."""
+
+
 class BuildErrors(Exception):
     """Records a builder could not turn into a request: ``{delivery_id: MappingError}``.
 
@@ -176,6 +181,9 @@ class IntegrationType:
     actions: tuple[Action, ...] = ()
     default_options: dict[str, Any] = field(default_factory=dict)
     build: Builder | None = None  # mapped records -> requests (see Builder)
+    # The builder may block (botocore refreshing credentials over the network): the engine
+    # runs it in a worker thread instead of on the event loop.
+    blocking_build: bool = False
     read: Reader | None = None  # responses -> per-delivery outcomes; None: by status alone
 
     def action(self, name: str | None) -> Action | None:
