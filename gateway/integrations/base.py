@@ -220,4 +220,4 @@ def all_types() -> list[IntegrationType]:
 
 def _load_builtins() -> None:
     # Importing a type's module registers it; done lazily so declarations can import this module.
-    from gateway.integrations import file, http  # noqa: F401
+    from gateway.integrations import aws_sqs, file, http  # noqa: F401
