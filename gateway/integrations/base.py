@@ -218,6 +218,19 @@ def all_types() -> list[IntegrationType]:
     return [_REGISTRY[k] for k in sorted(_REGISTRY)]
 
 
+#: Modules of the package that declare no type (shared machinery).
+_NOT_TYPES = frozenset({"aws", "base", "catalog", "oauth2", "transport"})
+
+
 def _load_builtins() -> None:
-    # Importing a type's module registers it; done lazily so declarations can import this module.
-    from gateway.integrations import aws_sqs, file, http  # noqa: F401
+    # Importing a type's module registers it; done lazily so declarations can import this
+    # module. Every module of the package is a type unless listed above: adding a type is
+    # adding its file.
+    import importlib
+    import pkgutil
+
+    import gateway.integrations as pkg
+
+    for info in pkgutil.iter_modules(pkg.__path__):
+        if info.name not in _NOT_TYPES and not info.name.startswith("_"):
+            importlib.import_module(f"gateway.integrations.{info.name}")
