@@ -238,6 +238,8 @@ class DeliveryEngine(Attempts):
                 n = overflow[lane.key] = overflow.get(lane.key, 0) + 1
                 wait = (lane.held() + n) / max(lane.throughput(now), 0.1)
                 at = wall + min(max(0.5, wait), self.settings.lease_seconds / 2)
+                # The estimate can be far off; an idle lane calls these back (_lane_step).
+                lane.overflow_until = max(lane.overflow_until, at)
             if at is None:
                 lane.queue.append((c, now))
                 lane.wake.set()
@@ -293,6 +295,18 @@ class DeliveryEngine(Attempts):
 
     async def _lane_step(self, lane: Lane) -> None:
         if not lane.queue:
+            if lane.overflow_until > self._clock() and not lane.paused:
+                # The lane ran dry before the deliveries it had no room for came due: they
+                # are due now (only those it put off; retries further out keep their time).
+                until, lane.overflow_until = lane.overflow_until, 0.0
+                await self.store.reschedule_lane(
+                    lane.group_key,
+                    lane.integration,
+                    at=self._clock(),
+                    only_earlier=False,
+                    before=until + 0.001,
+                )
+                self.notify()
             lane.wake.clear()
             await lane.wake.wait()
             return

@@ -105,6 +105,7 @@ class Lane:
         self.probe_done = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
         self.request_seconds: float | None = None  # moving average of attempts
+        self.overflow_until = 0.0  # wall: latest time overflow deliveries were put off to
 
     @property
     def key(self) -> tuple[str, str]:
