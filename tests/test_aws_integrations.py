@@ -130,3 +130,141 @@ async def test_wrong_secret_is_a_permanent_failure_with_awss_error(
         assert d.last_error.startswith("AWS SignatureDoesNotMatch"), d.last_error
     finally:
         await rig.close()
+
+
+# -- answers moto cannot give: partial failures and throttling, from a local server ---------
+@pytest.fixture
+async def fake_aws():
+    from tests.receiver import Receiver
+
+    r = await Receiver().start()
+    yield r
+    await r.stop()
+
+
+def _sqs_entries(received) -> list[str]:
+    return [e["Id"] for e in received.json()["Entries"]]
+
+
+async def test_sqs_retries_only_failed_entries(
+    tmp_path: Path, fake_aws, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.receiver import Answer
+
+    monkeypatch.setenv("MOTO_KEY_ID", "AKIDEXAMPLE")
+    monkeypatch.setenv("MOTO_SECRET", "secret")
+    aws.forget_clients()
+    calls: list[list[str]] = []
+
+    def answer(r):
+        ids = _sqs_entries(r)
+        calls.append(ids)
+        if len(calls) == 1:  # first: one throttled (retry), one sender's fault (permanent)
+            body = {
+                "Successful": [
+                    {"Id": i, "MessageId": "m", "MD5OfMessageBody": "x"} for i in ids[2:]
+                ],
+                "Failed": [
+                    {
+                        "Id": ids[0],
+                        "SenderFault": False,
+                        "Code": "InternalError",
+                        "Message": "try again",
+                    },
+                    {
+                        "Id": ids[1],
+                        "SenderFault": True,
+                        "Code": "InvalidParameterValue",
+                        "Message": "bad body",
+                    },
+                ],
+            }
+        else:
+            body = {
+                "Successful": [{"Id": i, "MessageId": "m", "MD5OfMessageBody": "x"} for i in ids],
+                "Failed": [],
+            }
+        return Answer(
+            200, {"Content-Type": "application/x-amz-json-1.0"}, json.dumps(body).encode()
+        )
+
+    fake_aws.answer = answer
+    conn = {
+        "region": "us-east-1",
+        "endpoint_url": fake_aws.url,
+        "access_key_id": "${MOTO_KEY_ID}",
+        "secret_access_key": "${MOTO_SECRET}",
+        "queue_url": fake_aws.url + "/123456789012/q",
+    }
+    rig = await Rig.create(
+        tmp_path,
+        [
+            entry(
+                "queue",
+                "aws_sqs",
+                conn,
+                {"n": "n"},
+                options="batch_size: 10, retry: {base: 20ms, cap: 50ms}",
+            )
+        ],
+        start=False,
+    )
+    try:
+        ids = [d for i in range(4) for d in await rig.add(["queue"], {"n": i})]
+        await rig.engine.start()
+        states = {d.id: d for d in await rig.wait_settled(ids)}
+        assert calls[0] == ids  # one request for the batch of four
+        assert calls[1:] == [[ids[0]]]  # only the throttled entry again
+        assert states[ids[0]].state == DeliveryState.DELIVERED
+        assert states[ids[0]].attempts == 2
+        assert states[ids[1]].state == DeliveryState.DEAD
+        assert states[ids[1]].last_error == "AWS InvalidParameterValue: bad body (HTTP 200)"
+        assert {states[i].state for i in ids[2:]} == {DeliveryState.DELIVERED}
+    finally:
+        await rig.close()
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "kind"),
+    [
+        (400, "AWS.SimpleQueueService.RequestThrottled", "retry"),
+        (400, "ThrottlingException", "retry"),
+        (500, "InternalError", "retry"),
+        (403, "AccessDenied", "dead"),
+        (400, "AWS.SimpleQueueService.NonExistentQueue", "dead"),
+    ],
+)
+async def test_sqs_whole_request_errors(
+    tmp_path: Path, fake_aws, monkeypatch: pytest.MonkeyPatch, status: int, code: str, kind: str
+) -> None:
+    from tests.receiver import Answer
+
+    monkeypatch.setenv("MOTO_KEY_ID", "AKIDEXAMPLE")
+    monkeypatch.setenv("MOTO_SECRET", "secret")
+    aws.forget_clients()
+    body = json.dumps({"__type": f"com.amazonaws.sqs#{code}", "message": "no"}).encode()
+    headers = {"Content-Type": "application/x-amz-json-1.0", "x-amzn-query-error": f"{code};Sender"}
+    answers = iter([Answer(status, headers, body)])
+    fake_aws.answer = lambda r: next(answers, Answer(200, body=b'{"Successful": [], "Failed": []}'))
+    conn = {
+        "region": "us-east-1",
+        "endpoint_url": fake_aws.url,
+        "access_key_id": "${MOTO_KEY_ID}",
+        "secret_access_key": "${MOTO_SECRET}",
+        "queue_url": fake_aws.url + "/123456789012/q",
+    }
+    rig = await Rig.create(tmp_path, [entry("queue", "aws_sqs", conn, {"n": "n"})])
+    try:
+        [d] = await rig.wait_settled(await rig.add(["queue"], {"n": 1}), within=10)
+        attempts = await rig.store.list_attempts(d.id)
+        assert attempts[0].error.startswith(f"AWS {code}: no (HTTP {status})"), attempts[0].error
+        if kind == "retry":
+            # The second answer lists the entry in neither Successful nor Failed: judged by the
+            # status (200), so delivered.
+            assert d.state == DeliveryState.DELIVERED
+            assert d.attempts == 2
+        else:
+            assert d.state == DeliveryState.DEAD
+            assert d.attempts == 1
+    finally:
+        await rig.close()

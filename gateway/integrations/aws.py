@@ -260,7 +260,10 @@ def parse(service: str, operation: str, response: Response) -> dict[str, Any]:
 
 def is_retryable(code: str | None, status: int | None) -> bool:
     """Throttling and server-side codes, 5xx, 408 and 429 retry; the rest is permanent."""
-    if code and (code in RETRYABLE_CODES or code.endswith(("Throttling", "ThrottlingException"))):
+    # SQS's query-compatible codes are dotted (AWS.SimpleQueueService.RequestThrottled), as
+    # are KMS's inside other services (KMS.ThrottlingException): the last part names it.
+    name = code.rsplit(".", 1)[-1] if code else ""
+    if name and (name in RETRYABLE_CODES or name.endswith(("Throttling", "ThrottlingException"))):
         return True
     return status is not None and (status >= 500 or status in (408, 429))
 
