@@ -268,3 +268,46 @@ async def test_sqs_whole_request_errors(
             assert d.attempts == 1
     finally:
         await rig.close()
+
+
+async def test_assumed_role_with_external_id_delivers(tmp_path: Path, keys: MotoServer) -> None:
+    iam = keys.client("iam")
+    trust = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Principal": {"AWS": "*"},
+                "Action": "sts:AssumeRole",
+                "Condition": {"StringEquals": {"sts:ExternalId": "shop-42"}},
+            }
+        ],
+    }
+    role = iam.create_role(RoleName="gateway-writer", AssumeRolePolicyDocument=json.dumps(trust))
+    iam.put_role_policy(
+        RoleName="gateway-writer",
+        PolicyName="all",
+        PolicyDocument=json.dumps(
+            {
+                "Version": "2012-10-17",
+                "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}],
+            }
+        ),
+    )
+    sqs = keys.client("sqs")
+    url = sqs.create_queue(QueueName="via-role")["QueueUrl"]
+    conn = keys.connection(queue_url=url, role_arn=role["Role"]["Arn"], external_id="shop-42")
+    rig = await Rig.create(tmp_path, [entry("queue", "aws_sqs", conn, {"n": "n"})])
+    try:
+        [d] = await rig.wait_settled(await rig.add(["queue"], {"n": 7}))
+        assert d.state == DeliveryState.DELIVERED, d.last_error
+        [m] = sqs.receive_message(QueueUrl=url)["Messages"]
+        assert json.loads(m["Body"]) == {"n": 7}
+        # The request was signed with the role's temporary keys, not the user's.
+        creds = aws.client(
+            rig.registry.get("shop").integration("queue").connection.value, "sqs"
+        )._request_signer._credentials
+        assert creds.method == "assume-role"
+        assert creds.get_frozen_credentials().access_key != keys.access_key_id
+    finally:
+        await rig.close()

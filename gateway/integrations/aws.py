@@ -155,6 +155,7 @@ def _new_client(conn: Mapping[str, Any], service: str) -> Any:
         def sts(name: str, **kwargs: Any) -> Any:
             # A local stack answers STS at the same endpoint as everything else.
             kwargs.setdefault("endpoint_url", endpoint)
+            kwargs.setdefault("region_name", region)
             return session.create_client(name, **kwargs)
 
         extra = {"ExternalId": str(conn["external_id"])} if conn.get("external_id") else {}
