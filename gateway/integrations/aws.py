@@ -86,6 +86,7 @@ RETRYABLE_CODES = frozenset(
     }
 )
 CREDENTIAL_HEADERS = frozenset({"Authorization", "X-Amz-Security-Token"})
+_SENDER_ONLY_HEADERS = frozenset({"transfer-encoding", "expect"})
 
 
 class _Captured(Exception):
@@ -207,6 +208,13 @@ def build_call(
             body = body.encode()
         elif not isinstance(body, bytes | bytearray):
             body = body.read()
+        # The body goes whole, and the transport gives it its Content-Length: hints meant for
+        # botocore's own streaming sender would contradict that. (S3 over HTTPS frames the
+        # body aws-chunked, with a checksum trailer, and adds "Transfer-Encoding: chunked",
+        # which must not come with a Content-Length; and "Expect: 100-continue" would cost a
+        # round trip.) Neither header is signed.
+        for name in [h for h in headers if h.lower() in _SENDER_ONLY_HEADERS]:
+            del headers[name]
         secret = frozenset(h for h in headers if h in CREDENTIAL_HEADERS)
         return OutboundRequest(r.method, r.url, headers, bytes(body), list(ids), secret)
     except bx.ParamValidationError as exc:
@@ -352,6 +360,31 @@ def field_text(fields: Mapping[str, Any], name: str, what: str) -> str:
     if value is None or value == "" or value == []:
         raise MappingError(f"{what} comes from field {name!r}, which has no value", field=name)
     return str(value)
+
+
+def message_attributes(fields: Mapping[str, Any], names: Iterable[str]) -> dict[str, Any]:
+    """SQS/SNS ``MessageAttributes`` of the named mapped fields: numbers as ``Number``, the
+    rest as ``String`` (lists comma-joined); fields without a value are left out (both
+    services refuse empty attribute values)."""
+    out: dict[str, Any] = {}
+    for name in names:
+        value = fields.get(name)
+        if value is None or value == "" or value == []:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            text = ",".join(map(str, value)) if isinstance(value, list) else str(value)
+            out[name] = {"DataType": "String", "StringValue": text}
+        else:
+            out[name] = {"DataType": "Number", "StringValue": str(value)}
+    return out
+
+
+def attributes_size(attributes: Mapping[str, Any]) -> int:
+    """Bytes that message attributes add to an SQS/SNS message's size (name, type, value)."""
+    return sum(
+        len(name.encode()) + len(a["DataType"].encode()) + len(a["StringValue"].encode())
+        for name, a in attributes.items()
+    )
 
 
 def ids_of(chunks: Iterable[list[tuple[str, dict[str, Any]]]]) -> list[list[str]]:
