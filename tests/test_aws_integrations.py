@@ -99,9 +99,11 @@ async def test_sqs_fifo_group_and_dedup_ids(tmp_path: Path, keys: MotoServer) ->
                 {"message_group_id": "email"},
             )
         ],
+        start=False,  # one batch: entries keep their order inside a request
     )
     try:
         ids = [d for i in range(3) for d in await rig.add(["queue"], {"email": "a@x.se", "n": i})]
+        await rig.engine.start()
         for d in await rig.wait_settled(ids):
             assert d.state == DeliveryState.DELIVERED, d.last_error
         got = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, AttributeNames=["All"])[

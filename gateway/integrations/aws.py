@@ -217,13 +217,18 @@ def build_call(
             del headers[name]
         secret = frozenset(h for h in headers if h in CREDENTIAL_HEADERS)
         return OutboundRequest(r.method, r.url, headers, bytes(body), list(ids), secret)
-    except bx.ParamValidationError as exc:
+    except (
+        bx.NoCredentialsError,
+        bx.CredentialRetrievalError,
+        bx.ClientError,
+        bx.HTTPClientError,
+    ) as exc:
+        # No credentials yet (an instance role's endpoint), or assuming the role failed or
+        # could not reach STS: may pass.
+        raise BuildUnavailable(f"AWS credentials: {exc}") from None
+    except bx.BotoCoreError as exc:
+        # Parameters, a malformed ARN, a half-configured key: will not pass by waiting.
         raise ValueError(str(exc)) from None
-    except (bx.NoCredentialsError, bx.PartialCredentialsError) as exc:
-        raise BuildUnavailable(f"AWS credentials: {exc}") from None
-    except (bx.CredentialRetrievalError, bx.ClientError, bx.BotoCoreError) as exc:
-        # Assuming the role or reaching the credential source failed; may pass.
-        raise BuildUnavailable(f"AWS credentials: {exc}") from None
     raise AssertionError(f"botocore sent {service}.{method} instead of handing it over")
 
 
@@ -379,6 +384,39 @@ def message_attributes(fields: Mapping[str, Any], names: Iterable[str]) -> dict[
     return out
 
 
+def message_entry(
+    delivery_id: str,
+    fields: Mapping[str, Any],
+    settings: Mapping[str, Any],
+    *,
+    body: str,
+    fifo: bool,
+) -> dict[str, Any]:
+    """An SQS or SNS batch entry: ``Id`` the delivery id (up to 80 letters, digits, ``-`` and
+    ``_``: it fits), ``body`` the JSON of the mapped fields, the attributes that
+    ``settings.message_attributes`` names, and for FIFO queues and topics ``MessageGroupId``
+    from the field ``settings.message_group_id`` names and ``MessageDeduplicationId`` from the
+    delivery id (a resent message is dropped by AWS itself)."""
+    import orjson
+
+    entry: dict[str, Any] = {"Id": delivery_id, body: orjson.dumps(fields).decode()}
+    attrs = message_attributes(fields, settings.get("message_attributes") or [])
+    if attrs:
+        entry["MessageAttributes"] = attrs
+    if fifo:
+        group_field = settings.get("message_group_id")
+        if not group_field:
+            raise ValueError("settings.message_group_id must name a field for FIFO")
+        entry["MessageGroupId"] = field_text(fields, str(group_field), "MessageGroupId")
+        entry["MessageDeduplicationId"] = delivery_id
+    return entry
+
+
+def message_size(entry: Mapping[str, Any], body: str) -> int:
+    """Bytes an SQS/SNS entry counts against the limits: its body and its attributes."""
+    return len(entry[body].encode()) + attributes_size(entry.get("MessageAttributes") or {})
+
+
 def attributes_size(attributes: Mapping[str, Any]) -> int:
     """Bytes that message attributes add to an SQS/SNS message's size (name, type, value)."""
     return sum(
@@ -387,6 +425,111 @@ def attributes_size(attributes: Mapping[str, Any]) -> int:
     )
 
 
-def ids_of(chunks: Iterable[list[tuple[str, dict[str, Any]]]]) -> list[list[str]]:
-    """The delivery ids of each chunk."""
-    return [[d for d, _ in chunk] for chunk in chunks]
+def prepare(
+    integration: Any,
+    batch: list[tuple[str, dict[str, Any]]],
+    make: Callable[[str, dict[str, Any]], Any],
+) -> dict[str, Any]:
+    """``make(delivery_id, fields)`` for every record: its entry in the AWS call. Records
+    whose entry cannot be made (a mapping error: a key's field without a value) are refused
+    together, each with its reason."""
+    from gateway.mapping.errors import MappingError
+
+    made: dict[str, Any] = {}
+    failed: dict[str, Any] = {}
+    for delivery_id, fields in batch:
+        try:
+            made[delivery_id] = make(delivery_id, fields)
+        except MappingError as exc:
+            failed[delivery_id] = exc.with_context(integration=integration.name)
+    if failed:
+        raise BuildErrors(failed)
+    return made
+
+
+def batch_calls(
+    integration: Any,
+    batch: list[tuple[str, dict[str, Any]]],
+    entries: dict[str, Any],
+    size_of: Callable[[Any], int],
+    *,
+    service: str,
+    method: str,
+    params: Callable[[list[Any]], dict[str, Any]],
+    max_count: int,
+    max_bytes: int,
+    max_item_bytes: int,
+    what: str,
+) -> list[OutboundRequest]:
+    """The batch's entries split within the service's limits, one signed call a chunk:
+    ``params(entries of the chunk)`` are the call's parameters."""
+    chunks = split(
+        batch,
+        lambda d, _: size_of(entries[d]),
+        max_count=max_count,
+        max_bytes=max_bytes,
+        max_item_bytes=max_item_bytes,
+        what=what,
+    )
+    conn = integration.connection.value
+    return [
+        build_call(
+            conn, service, method, params([entries[d] for d, _ in chunk]), [d for d, _ in chunk]
+        )
+        for chunk in chunks
+    ]
+
+
+def read_by_id(
+    service: str, operation: str, request: OutboundRequest, response: Response
+) -> list[Outcome]:
+    """Answers that list ``Successful`` and ``Failed`` entries by their ``Id`` (the delivery
+    id: SQS, SNS): failed ones retry unless the sender is at fault and the code does not say
+    to slow down."""
+    whole = whole_request_failed(service, operation, request, response)
+    if whole is not None:
+        return whole
+    answer = parse(service, operation, response)
+    ours = set(request.delivery_ids)
+    out = [
+        Outcome(e["Id"], OutcomeKind.DELIVERED, response.status)
+        for e in answer.get("Successful") or []
+        if e.get("Id") in ours
+    ]
+    for e in answer.get("Failed") or []:
+        if e.get("Id") in ours:
+            out.append(
+                outcome(
+                    e["Id"],
+                    e.get("Code"),
+                    e.get("Message"),
+                    response.status,
+                    sender_fault=bool(e.get("SenderFault")),
+                )
+            )
+    return out
+
+
+def read_by_position(
+    service: str, operation: str, results_key: str, request: OutboundRequest, response: Response
+) -> list[Outcome]:
+    """Answers whose ``results_key`` list matches the request's entries by position, each
+    failed one carrying ``ErrorCode`` and ``ErrorMessage`` (Kinesis, Firehose, EventBridge).
+    With a different count nothing says which is which: everything is sent again rather than
+    a record lost."""
+    whole = whole_request_failed(service, operation, request, response)
+    if whole is not None:
+        return whole
+    results = parse(service, operation, response).get(results_key) or []
+    ids = request.delivery_ids
+    if len(results) != len(ids):
+        why = f"{operation} answered {len(results)} results for {len(ids)} entries"
+        return [Outcome(d, OutcomeKind.RETRY, response.status, why) for d in ids]
+    out = []
+    for delivery_id, result in zip(ids, results, strict=True):
+        code = result.get("ErrorCode")
+        if code:
+            out.append(outcome(delivery_id, code, result.get("ErrorMessage"), response.status))
+        else:
+            out.append(Outcome(delivery_id, OutcomeKind.DELIVERED, response.status))
+    return out

@@ -28,17 +28,14 @@ import orjson
 from gateway.integrations import aws
 from gateway.integrations.base import (
     Action,
-    BuildErrors,
     IntegrationType,
     OutboundRequest,
     Outcome,
-    OutcomeKind,
     Param,
     Response,
     TokenProvider,
     register,
 )
-from gateway.mapping.errors import MappingError
 
 MAX_ENTRIES = 10
 MAX_BYTES = 262_144  # an entry, and the whole request (EventBridge quotas: 256 KB)
@@ -107,56 +104,25 @@ def build(
     conn = integration.connection.value
     settings = integration.settings.value
     bus = str(conn["event_bus_name"]) if conn.get("event_bus_name") else None
-    entries: dict[str, dict[str, Any]] = {}
-    failed: dict[str, Any] = {}
-    for delivery_id, fields in batch:
-        try:
-            entries[delivery_id] = _entry(fields, settings, bus)
-        except MappingError as exc:
-            failed[delivery_id] = exc.with_context(integration=integration.name)
-    if failed:
-        raise BuildErrors(failed)
-    chunks = aws.split(
+    return aws.batch_calls(
+        integration,
         batch,
-        lambda d, _: entry_size(entries[d]),
+        aws.prepare(integration, batch, lambda _, fields: _entry(fields, settings, bus)),
+        entry_size,
+        service="events",
+        method="put_events",
+        params=lambda entries: {"Entries": entries},
         max_count=MAX_ENTRIES,
         max_bytes=MAX_BYTES,
         max_item_bytes=MAX_BYTES,
         what="an EventBridge event (Source, DetailType and Detail)",
     )
-    return [
-        aws.build_call(
-            conn,
-            "events",
-            "put_events",
-            {"Entries": [entries[d] for d, _ in chunk]},
-            [d for d, _ in chunk],
-        )
-        for chunk in chunks
-    ]
 
 
 def read(request: OutboundRequest, response: Response) -> list[Outcome]:
     """Per entry, by position: an ``ErrorCode`` is a failure (throttling and internal codes
     retry, the rest are permanent with AWS's code and message); the others are delivered."""
-    whole = aws.whole_request_failed("events", "PutEvents", request, response)
-    if whole is not None:
-        return whole
-    answer = aws.parse("events", "PutEvents", response)
-    results = answer.get("Entries") or []
-    if len(results) != len(request.delivery_ids):
-        # Positional: with a different count nothing says which event is which.
-        raise ValueError(
-            f"PutEvents answered {len(results)} entries for {len(request.delivery_ids)} events"
-        )
-    out = []
-    for delivery_id, result in zip(request.delivery_ids, results, strict=True):
-        code = result.get("ErrorCode")
-        if code:
-            out.append(aws.outcome(delivery_id, code, result.get("ErrorMessage"), response.status))
-        else:
-            out.append(Outcome(delivery_id, OutcomeKind.DELIVERED, response.status))
-    return out
+    return aws.read_by_position("events", "PutEvents", "Entries", request, response)
 
 
 AWS_EVENTBRIDGE = register(

@@ -24,7 +24,6 @@ from gateway.integrations.base import (
     IntegrationType,
     OutboundRequest,
     Outcome,
-    OutcomeKind,
     Param,
     Response,
     TokenProvider,
@@ -48,49 +47,26 @@ def build(
     tokens: TokenProvider | None = None,
 ) -> list[OutboundRequest]:
     """PutRecordBatch requests of at most 500 records and 4 MiB each."""
-    conn = integration.connection.value
-    data = {delivery_id: _data(fields) for delivery_id, fields in batch}
-    chunks = aws.split(
+    stream = str(integration.connection.value["delivery_stream_name"])
+    return aws.batch_calls(
+        integration,
         batch,
-        lambda d, _: len(data[d]),
+        {delivery_id: {"Data": _data(fields)} for delivery_id, fields in batch},
+        lambda e: len(e["Data"]),
+        service="firehose",
+        method="put_record_batch",
+        params=lambda records: {"DeliveryStreamName": stream, "Records": records},
         max_count=MAX_RECORDS,
         max_bytes=MAX_REQUEST_BYTES,
         max_item_bytes=MAX_RECORD_BYTES,
         what="a Firehose record",
     )
-    stream = str(conn["delivery_stream_name"])
-    return [
-        aws.build_call(
-            conn,
-            "firehose",
-            "put_record_batch",
-            {"DeliveryStreamName": stream, "Records": [{"Data": data[d]} for d, _ in chunk]},
-            [d for d, _ in chunk],
-        )
-        for chunk in chunks
-    ]
 
 
 def read(request: OutboundRequest, response: Response) -> list[Outcome]:
     """Per record, by position: no ``ErrorCode`` delivered; ``ServiceUnavailableException``
     and internal failures retried; other codes permanent."""
-    whole = aws.whole_request_failed("firehose", "PutRecordBatch", request, response)
-    if whole is not None:
-        return whole
-    entries = aws.parse("firehose", "PutRecordBatch", response).get("RequestResponses") or []
-    ids = request.delivery_ids
-    if len(entries) != len(ids):
-        # Positions cannot be trusted: send everything again rather than lose a record.
-        why = f"Firehose answered {len(entries)} results for {len(ids)} records"
-        return [Outcome(d, OutcomeKind.RETRY, response.status, why) for d in ids]
-    out = []
-    for delivery_id, e in zip(ids, entries, strict=True):
-        code = e.get("ErrorCode")
-        if code:
-            out.append(aws.outcome(delivery_id, code, e.get("ErrorMessage"), response.status))
-        else:
-            out.append(Outcome(delivery_id, OutcomeKind.DELIVERED, response.status))
-    return out
+    return aws.read_by_position("firehose", "PutRecordBatch", "RequestResponses", request, response)
 
 
 AWS_FIREHOSE = register(

@@ -21,11 +21,9 @@ import orjson
 from gateway.integrations import aws
 from gateway.integrations.base import (
     Action,
-    BuildErrors,
     IntegrationType,
     OutboundRequest,
     Outcome,
-    OutcomeKind,
     Param,
     Response,
     TokenProvider,
@@ -77,55 +75,25 @@ def build(
     conn = integration.connection.value
     stream = _stream(str(conn["stream_name"]), str(conn.get("region") or "us-east-1"))
     key_field = str(integration.settings.value["partition_key"])
-    records: dict[str, dict[str, Any]] = {}
-    failed: dict[str, Any] = {}
-    for delivery_id, fields in batch:
-        try:
-            records[delivery_id] = _record(fields, key_field)
-        except MappingError as exc:
-            failed[delivery_id] = exc.with_context(integration=integration.name)
-    if failed:
-        raise BuildErrors(failed)
-    chunks = aws.split(
+    return aws.batch_calls(
+        integration,
         batch,
-        lambda d, _: _size(records[d]),
+        aws.prepare(integration, batch, lambda _, fields: _record(fields, key_field)),
+        _size,
+        service="kinesis",
+        method="put_records",
+        params=lambda records: {**stream, "Records": records},
         max_count=MAX_RECORDS,
         max_bytes=MAX_REQUEST_BYTES,
         max_item_bytes=MAX_RECORD_BYTES,
         what="a Kinesis record (data plus partition key)",
     )
-    return [
-        aws.build_call(
-            conn,
-            "kinesis",
-            "put_records",
-            {**stream, "Records": [records[d] for d, _ in chunk]},
-            [d for d, _ in chunk],
-        )
-        for chunk in chunks
-    ]
 
 
 def read(request: OutboundRequest, response: Response) -> list[Outcome]:
     """Per record, by position: no ``ErrorCode`` delivered; throttling and internal failures
     retried; other codes permanent."""
-    whole = aws.whole_request_failed("kinesis", "PutRecords", request, response)
-    if whole is not None:
-        return whole
-    entries = aws.parse("kinesis", "PutRecords", response).get("Records") or []
-    ids = request.delivery_ids
-    if len(entries) != len(ids):
-        # Positions cannot be trusted: send everything again rather than lose a record.
-        why = f"Kinesis answered {len(entries)} results for {len(ids)} records"
-        return [Outcome(d, OutcomeKind.RETRY, response.status, why) for d in ids]
-    out = []
-    for delivery_id, e in zip(ids, entries, strict=True):
-        code = e.get("ErrorCode")
-        if code:
-            out.append(aws.outcome(delivery_id, code, e.get("ErrorMessage"), response.status))
-        else:
-            out.append(Outcome(delivery_id, OutcomeKind.DELIVERED, response.status))
-    return out
+    return aws.read_by_position("kinesis", "PutRecords", "Records", request, response)
 
 
 AWS_KINESIS = register(
