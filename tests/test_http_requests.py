@@ -19,6 +19,7 @@ import yaml
 
 from gateway.integrations.base import BuildErrors, OutboundRequest
 from gateway.integrations.http import fill_url, idempotency_key, standard_webhooks_signature
+from gateway.mapping.errors import SpecErrors
 from gateway.mapping.model import CompiledIntegration, compile_mapping
 
 NOW = 1_795_350_000.0  # 2026-11-22T...: every build in these tests signs at this time
@@ -123,10 +124,13 @@ def test_oauth2_takes_the_token_from_the_provider_and_never_fetches() -> None:
 
 
 def test_missing_auth_parameter_and_unknown_auth_type_are_clear_errors() -> None:
-    with pytest.raises(ValueError, match=r"connection\.auth\.token is required"):
-        one(http("{type: bearer}"))
-    with pytest.raises(ValueError, match="unknown auth type 'hmac'"):
-        one(http("{type: hmac}"))
+    # Refused when the mapping loads, with the key path (gateway check shows file and line) ...
+    with pytest.raises(SpecErrors, match=r"connection\.auth\.token: required for auth type"):
+        http("{type: bearer}")
+    with pytest.raises(SpecErrors, match=r"connection\.auth\.type: unknown auth type 'hmac'"):
+        http("{type: hmac}")
+    with pytest.raises(SpecErrors, match=r"connection\.url: placeholder \{nope\} is not"):
+        http("{type: none}", url="https://x.example/{nope}")
 
 
 # -- Standard Webhooks --------------------------------------------------------------------

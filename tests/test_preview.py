@@ -215,11 +215,22 @@ def test_preview_of_a_url_placeholder_without_value(mapping_dir: Path) -> None:
     assert "request" not in doc["integrations"][0]
 
 
-def test_preview_of_an_auth_that_cannot_build(mapping_dir: Path) -> None:
-    doc = preview(compiled(mapping_dir, HOOK.replace(AUTHS["bearer"], "{type: bearer}")), GOOD)
+def test_preview_of_an_auth_that_cannot_build(mapping_dir: Path, monkeypatch) -> None:
+    # A missing auth parameter is refused when the file loads ...
+    (mapping_dir / "shop.yaml").write_text(HOOK.replace(AUTHS["bearer"], "{type: bearer}"))
+    mapping, problems = load_file(mapping_dir / "shop.yaml")
+    assert mapping is None
+    assert [(p.path, p.message) for p in problems] == [
+        ("integrations[0].connection.auth.token", "required for auth type bearer")
+    ]
+    # ... a secret that is there but unusable only when the request is built.
+    monkeypatch.setenv("PV_WH", "whsec_not base64!")
+    doc = preview(
+        compiled(mapping_dir, HOOK.replace(AUTHS["bearer"], AUTHS["standard_webhooks"])), GOOD
+    )
     err = doc["integrations"][0]["error"]
     assert err["integration"] == "hook"
-    assert "connection.auth.token is required" in err["message"]
+    assert "a Standard Webhooks secret is whsec_ and base64" in err["message"]
 
 
 @pytest.mark.parametrize(

@@ -533,3 +533,24 @@ def read_by_position(
         else:
             out.append(Outcome(delivery_id, OutcomeKind.DELIVERED, response.status))
     return out
+
+
+def check_fifo(url_key: str) -> Callable[..., list[tuple[str, str]]]:
+    """The load-time check of SQS and SNS entries: a FIFO queue or topic (``url_key`` ending
+    in ``.fifo``) needs ``settings.message_group_id``; named fields must be mapped."""
+
+    def check(
+        connection: dict[str, Any], settings: dict[str, Any], fields: list[str]
+    ) -> list[tuple[str, str]]:
+        out = []
+        group = settings.get("message_group_id")
+        if str(connection.get(url_key, "")).endswith(".fifo") and not group:
+            out.append(("settings.message_group_id", "a FIFO target needs the field to group by"))
+        if group and group not in fields:
+            out.append(("settings.message_group_id", f"names {group!r}, not a mapped field"))
+        for name in settings.get("message_attributes") or []:
+            if name not in fields:
+                out.append(("settings.message_attributes", f"{name!r} is not a mapped field"))
+        return out
+
+    return check

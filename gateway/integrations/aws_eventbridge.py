@@ -125,6 +125,21 @@ def read(request: OutboundRequest, response: Response) -> list[Outcome]:
     return aws.read_by_position("events", "PutEvents", "Entries", request, response)
 
 
+def check(
+    connection: dict[str, Any], settings: dict[str, Any], fields: list[str]
+) -> list[tuple[str, str]]:
+    """Source and detail type given one way or the other; fields named are mapped."""
+    out = []
+    for literal, from_field in (("source", "source_field"), ("detail_type", "detail_type_field")):
+        if not settings.get(literal) and not settings.get(from_field):
+            out.append((f"settings.{literal}", f"set {literal} or {from_field}"))
+    for key in ("source_field", "detail_type_field", "event_bus_field"):
+        name = settings.get(key)
+        if name and name not in fields:
+            out.append((f"settings.{key}", f"names {name!r}, which is not a mapped field"))
+    return out
+
+
 AWS_EVENTBRIDGE = register(
     IntegrationType(
         name="aws_eventbridge",
@@ -178,6 +193,7 @@ AWS_EVENTBRIDGE = register(
         default_options={"batch_size": 10, "concurrency": 8},
         build=build,
         read=read,
+        check=check,
         blocking_build=True,
     )
 )

@@ -96,6 +96,16 @@ def read(request: OutboundRequest, response: Response) -> list[Outcome]:
     return aws.read_by_position("kinesis", "PutRecords", "Records", request, response)
 
 
+def check(
+    connection: dict[str, Any], settings: dict[str, Any], fields: list[str]
+) -> list[tuple[str, str]]:
+    """The partition key comes from a mapped field."""
+    name = settings.get("partition_key")
+    if name and name not in fields:
+        return [("settings.partition_key", f"names {name!r}, which is not a mapped field")]
+    return []
+
+
 AWS_KINESIS = register(
     IntegrationType(
         name="aws_kinesis",
@@ -130,6 +140,7 @@ AWS_KINESIS = register(
         default_options={"batch_size": 500, "concurrency": 4},
         build=build,
         read=read,
+        check=check,
         blocking_build=True,
     )
 )

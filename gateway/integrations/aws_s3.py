@@ -116,6 +116,17 @@ def read(request: OutboundRequest, response: Response) -> list[Outcome]:
     return [Outcome(d, OutcomeKind.DELIVERED, response.status) for d in request.delivery_ids]
 
 
+def check(
+    connection: dict[str, Any], settings: dict[str, Any], fields: list[str]
+) -> list[tuple[str, str]]:
+    """The key template, when the mapping loads."""
+    try:
+        check_key(str(settings.get("key") or DEFAULT_KEY))
+    except ValueError as exc:
+        return [("settings.key", str(exc).removeprefix("settings.key "))]
+    return []
+
+
 AWS_S3 = register(
     IntegrationType(
         name="aws_s3",
@@ -147,6 +158,7 @@ AWS_S3 = register(
         default_options={"batch_size": 500, "concurrency": 4},
         build=build,
         read=read,
+        check=check,
         blocking_build=True,
     )
 )

@@ -103,6 +103,7 @@ AWS_SNS = register(
         default_options={"batch_size": 10, "concurrency": 8},
         build=build,
         read=read,
+        check=aws.check_fifo("topic_arn"),
         blocking_build=True,
     )
 )

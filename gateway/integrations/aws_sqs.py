@@ -102,6 +102,7 @@ AWS_SQS = register(
         default_options={"batch_size": 10, "concurrency": 8},
         build=build,
         read=read,
+        check=aws.check_fifo("queue_url"),
         blocking_build=True,
     )
 )

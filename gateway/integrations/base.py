@@ -170,6 +170,18 @@ class Reader(Protocol):
     def __call__(self, request: OutboundRequest, response: Response) -> list[Outcome]: ...
 
 
+class Checker(Protocol):
+    """``check(connection, settings, fields) -> [(key path, message)]``: an entry's problems
+    that the declarations alone cannot say, found when the mapping file loads (so
+    ``gateway check`` reports them with their line). ``connection`` and ``settings`` are as
+    written (``${...}`` references unresolved), ``fields`` the names the entry maps; key paths
+    are relative to the entry, e.g. ``settings.key``."""
+
+    def __call__(
+        self, connection: dict[str, Any], settings: dict[str, Any], fields: list[str]
+    ) -> list[tuple[str, str]]: ...
+
+
 @dataclass(frozen=True, slots=True)
 class IntegrationType:
     """An integration type's declaration."""
@@ -185,6 +197,9 @@ class IntegrationType:
     # runs it in a worker thread instead of on the event loop.
     blocking_build: bool = False
     read: Reader | None = None  # responses -> per-delivery outcomes; None: by status alone
+    # Rules that span keys (one of two settings, a template's placeholders, a setting that
+    # names a mapped field), checked when the mapping loads: see Checker.
+    check: Checker | None = None
 
     def action(self, name: str | None) -> Action | None:
         """The named action; with no name, the only one (None when there are several)."""

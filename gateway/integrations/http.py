@@ -256,6 +256,45 @@ def build(
     return out
 
 
+#: What each auth type needs in ``connection.auth``.
+AUTH_NEEDS = {
+    "none": (),
+    "bearer": ("token",),
+    "basic": ("username",),
+    "api_key": ("value",),
+    "oauth2_client_credentials": ("token_url", "client_id", "client_secret"),
+    "standard_webhooks": ("secret",),
+    "sigv4": ("access_key_id", "secret_access_key"),
+}
+
+
+def check(
+    connection: dict[str, Any], settings: dict[str, Any], fields: list[str]
+) -> list[tuple[str, str]]:
+    """When the mapping loads: a known auth type with what it needs, and URL placeholders
+    that name mapped fields."""
+    out = []
+    auth = connection.get("auth") or {}
+    if isinstance(auth, dict):
+        kind = auth.get("type", "none")
+        if kind not in AUTH_NEEDS:
+            out.append(
+                (
+                    "connection.auth.type",
+                    f"unknown auth type {kind!r}; known: " + ", ".join(AUTH_TYPES),
+                )
+            )
+        else:
+            for key in AUTH_NEEDS[kind]:
+                if auth.get(key) in (None, ""):
+                    out.append((f"connection.auth.{key}", f"required for auth type {kind}"))
+    # As written, ${ENV} references are still in the URL; their braces are not placeholders.
+    for name in placeholders(re.sub(r"\$\{[^}]*\}", "", str(connection.get("url", "")))):
+        if name not in fields:
+            out.append(("connection.url", f"placeholder {{{name}}} is not a mapped field"))
+    return out
+
+
 HTTP = register(
     IntegrationType(
         name="http",
@@ -317,5 +356,6 @@ HTTP = register(
         actions=(Action("send", "Send the mapped fields as a JSON body.", open_fields=True),),
         default_options={"batch_size": 1, "concurrency": 8},
         build=build,
+        check=check,
     )
 )

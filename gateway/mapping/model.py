@@ -242,6 +242,9 @@ def _compile_entry(
         return None
     _check_params(entry.connection, decl.connection, (*base, "connection"), errors)
     _check_params(entry.settings, decl.settings + action.settings, (*base, "settings"), errors)
+    if decl.check is not None:
+        for where, message in decl.check(entry.connection, entry.settings, list(entry.fields)):
+            errors.add((*base, *where.split(".")), message)
     ref_errors: list[SpecError] = []
     connection = secrets.resolve(entry.connection, (*base, "connection"), ref_errors, environ)
     settings = secrets.resolve(entry.settings, (*base, "settings"), ref_errors, environ)
