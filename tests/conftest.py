@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -10,6 +10,7 @@ from hypothesis import settings
 
 from gateway.store import open_store
 from gateway.store.base import Store
+from tests import pg
 
 # -- hypothesis -----------------------------------------------------------------------------
 # Property tests assert behaviour, not speed: on a shared, loaded CI machine a slow example must
@@ -19,15 +20,25 @@ settings.load_profile("gateway")
 
 # -- store ----------------------------------------------------------------------------------
 # Every backend the store tests run against. A backend joins by adding its name here and a
-# branch in store_url_for() (e.g. "postgresql" with a throwaway database per test).
-STORE_BACKENDS = ["sqlite"]
+# branch in store_url_for(). PostgreSQL: a throwaway database per test on the local server
+# (tests/pg.py: skipped when no server answers, failing instead under CI).
+STORE_BACKENDS = ["sqlite", "postgresql"]
 
 
 def store_url_for(backend: str, tmp_path: Path) -> str:
-    """A URL for a fresh, empty store of ``backend`` private to one test."""
+    """A URL for a fresh, empty store of ``backend`` private to one test (see
+    drop_store_url to clean up)."""
     if backend == "sqlite":
         return f"sqlite:///{tmp_path / 'store' / 'gateway.db'}"
+    if backend == "postgresql":
+        return pg.create_database_sync()
     raise ValueError(f"no test store URL for backend {backend!r}")
+
+
+def drop_store_url(url: str) -> None:
+    """Remove what store_url_for() made outside the test's tmp_path."""
+    if url.startswith("postgresql://"):
+        pg.drop_database_sync(url)
 
 
 @pytest.fixture(params=STORE_BACKENDS)
@@ -37,9 +48,13 @@ def store_backend(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def store_url(store_backend: str, tmp_path: Path) -> str:
+def store_url(store_backend: str, tmp_path: Path) -> Iterator[str]:
     """The URL of this test's store; open it again to test what survives a restart."""
-    return store_url_for(store_backend, tmp_path)
+    url = store_url_for(store_backend, tmp_path)
+    try:
+        yield url
+    finally:
+        drop_store_url(url)
 
 
 @pytest.fixture

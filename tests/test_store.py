@@ -1,8 +1,10 @@
 """The store: group commit, idempotency, load shedding, durability, claims, listing, keys.
 
 Most tests take the ``store`` / ``store_url`` fixtures (tests/conftest.py), parametrised over
-every backend. Tests that need to reach inside a backend (pause its writer, break its disk)
-are marked as SQLite-only by the ``sqlite_store`` helper.
+every backend (SQLite, PostgreSQL). ``writer_paused`` holds either backend's writer so writes
+queue into one group. Tests that reach further inside SQLite (its connection, pragmas, disk)
+are SQLite-only through the ``sqlite_store`` helper, with the reason; tests/test_store_postgres.py
+covers what only PostgreSQL has (several processes on one database, outages).
 """
 
 from __future__ import annotations
@@ -44,7 +46,10 @@ from gateway.store.base import (
     StoreOverloaded,
     StoreUnavailable,
 )
+from gateway.store.postgres import PostgresStore
 from gateway.store.sqlite import SQLiteStore, decode_cursor, encode_cursor
+from tests import pg
+from tests.conftest import STORE_BACKENDS
 
 REPO = Path(__file__).resolve().parent.parent
 AK = "AKGWTESTTESTTESTTEST"
@@ -78,16 +83,32 @@ def entry(key: str, *, request_hash: str = "h1", ttl: float = 60.0, body: bytes 
     return IdempotencyEntry(AK, key, request_hash, 202, body, now, now + ttl)
 
 
-def sqlite_store(store: Store) -> SQLiteStore:
+def sqlite_store(store: Store, reason: str = "reaches into SQLite internals") -> SQLiteStore:
     """``store`` as a SQLiteStore, or skip: the test pokes at SQLite internals."""
     if not isinstance(store, SQLiteStore):
-        pytest.skip("SQLite-specific")
+        pytest.skip(f"SQLite-only: {reason}")
     return store
 
 
 @contextlib.asynccontextmanager
 async def writer_paused(store: Store) -> AsyncIterator[None]:
-    """Hold the writer thread busy, so writes queue up and land in one later transaction."""
+    """Hold the writer (SQLite's thread, PostgreSQL's task) busy, so writes queue up and land
+    in one later transaction. The pause itself is one commit."""
+    if isinstance(store, PostgresStore):
+        gate, started = asyncio.Event(), asyncio.Event()
+
+        async def hold(_conn: object) -> None:
+            started.set()
+            await gate.wait()
+
+        held = asyncio.create_task(store._write(hold))
+        await asyncio.wait_for(started.wait(), 10)
+        try:
+            yield
+        finally:
+            gate.set()
+            await held
+        return
     s = sqlite_store(store)
     gate, started = threading.Event(), threading.Event()
 
@@ -222,7 +243,11 @@ async def test_a_failing_write_fails_alone_in_its_group(store: Store) -> None:
 
 
 async def test_other_writes_share_the_group_commit_and_fail_alone(store: Store) -> None:
-    s = sqlite_store(store)
+    s = sqlite_store(
+        store,
+        "one writer thread runs every write; PostgreSQL runs claims and updates in their own "
+        "concurrent transactions (test_store_postgres.py)",
+    )
     first, last = rec(), rec()
     before = store.commits
 
@@ -460,8 +485,6 @@ asyncio.run(main(sys.argv[1]))
 
 
 async def test_every_acknowledged_write_survives_sigkill(store_url: str) -> None:
-    if not store_url.startswith("sqlite"):
-        pytest.skip("the child opens the store by URL; fine for any backend, tuned for SQLite")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     acknowledged: list[str] = []
     stderr = b""
@@ -1110,13 +1133,14 @@ async def test_paused_lanes_survive_close_and_reopen(store_url: str) -> None:
     await s2.open()
     try:
         assert await s2.paused_lanes() == {("g", "crm"), ("g", "mail")}
-        if isinstance(s2, SQLiteStore):  # the pause keeps its start
-            rows = await s2._read(
-                lambda c: c.execute(
-                    "SELECT group_key, integration, paused_at FROM paused_lanes ORDER BY 1, 2"
-                ).fetchall()
-            )
-            assert rows == [("g", "crm", 100.0), ("g", "mail", 300.0)]
+        # The pause keeps its start.
+        sql = "SELECT group_key, integration, paused_at FROM paused_lanes ORDER BY 1, 2"
+        if isinstance(s2, SQLiteStore):
+            rows = await s2._read(lambda c: c.execute(sql).fetchall())
+        else:
+            assert isinstance(s2, PostgresStore)
+            rows = [tuple(r) for r in await s2._read(lambda c: c.fetch(sql))]
+        assert rows == [("g", "crm", 100.0), ("g", "mail", 300.0)]
         assert await s2.set_lane_paused("g", "crm", False, 400.0) is True
         assert await s2.set_lane_paused("g", "crm", False, 500.0) is False
         assert await s2.paused_lanes() == {("g", "mail")}
@@ -1173,13 +1197,15 @@ async def test_purge_delivered_keeps_unfinished_and_recent_records(store: Store)
         assert await store.list_attempts(did) == []
     for did in dead.delivery_ids + waiting.delivery_ids:
         assert len(await store.list_attempts(did)) == 1
+    orphans_sql = (
+        "SELECT count(*) FROM attempts WHERE delivery_id NOT IN (SELECT id FROM deliveries)"
+    )
     if isinstance(store, SQLiteStore):
-        orphans = await store._read(
-            lambda c: c.execute(
-                "SELECT count(*) FROM attempts WHERE delivery_id NOT IN (SELECT id FROM deliveries)"
-            ).fetchone()[0]
-        )
-        assert orphans == 0
+        orphans = await store._read(lambda c: c.execute(orphans_sql).fetchone()[0])
+    else:
+        assert isinstance(store, PostgresStore)
+        orphans = await store._read(lambda c: c.fetchval(orphans_sql))
+    assert orphans == 0
     assert await store.purge_delivered(before) == 0
 
 
@@ -1205,7 +1231,7 @@ def _schema_rows(path: Path) -> list[tuple]:
 
 async def test_migrations_are_applied_once(store_url: str) -> None:
     s = open_store(store_url)
-    sqlite_store(s)
+    sqlite_store(s, "reads the file; test_store_postgres.py has PostgreSQL's")
     await s.open()
     assert s.migrations_applied == [1, 2]
     await s.close()
@@ -1316,7 +1342,9 @@ async def test_locked_database_surfaces_as_unavailable_and_writer_recovers(
 
 
 async def test_disk_full_surfaces_as_unavailable_and_writer_recovers(store: Store) -> None:
-    s = sqlite_store(store)
+    s = sqlite_store(
+        store, "caps the file's pages; PostgreSQL's outage is test_store_postgres.py's"
+    )
     await add(s, rec())
 
     def fill_up(c: sqlite3.Connection) -> None:
@@ -1375,13 +1403,17 @@ async def test_open_store_relative_path_creates_parent_dirs(
 
 
 async def test_default_synchronous_is_full(store: Store) -> None:
-    s = sqlite_store(store)
+    s = sqlite_store(store, "a SQLite pragma")
     assert await s._write(lambda c: c.execute("PRAGMA synchronous").fetchone()[0]) == 2
 
 
 def test_open_store_rejects_unknown_urls() -> None:
-    with pytest.raises(ValueError, match="sqlite://"):
-        open_store("postgresql://localhost/gateway")
+    with pytest.raises(ValueError, match="sqlite://, postgresql://"):
+        open_store("mysql://localhost/gateway")
+    assert isinstance(open_store("postgresql://localhost/gateway"), PostgresStore)
+    assert isinstance(open_store("postgres://u:p@db:5433/gw?pool_max=3"), PostgresStore)
+    with pytest.raises(ValueError, match="pool_max"):
+        open_store("postgresql://localhost/gateway?pool_min=5&pool_max=2")
     with pytest.raises(ValueError, match="sqlite://"):
         open_store("/just/a/path.db")
     with pytest.raises(ValueError, match="sqlite:///"):
@@ -1407,16 +1439,20 @@ def _scenarios(draw: st.DrawFn) -> tuple[list[str], list[list[tuple[list[str], l
     return expired, groups
 
 
+@pytest.mark.parametrize("backend", STORE_BACKENDS)
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(_scenarios())
+@given(scenario=_scenarios())
 def test_group_commit_matches_one_at_a_time_semantics(
+    backend: str,
     scenario: tuple[list[str], list[list[tuple[list[str], list[str]]]]],
 ) -> None:
     """Whatever a group holds, each write gets what it would get if committed alone, in order."""
     expired, groups = scenario
+    if backend == "postgresql":
+        pg.require_server()
 
-    async def run(path: Path) -> None:
-        s = SQLiteStore(path)
+    async def run(url: str) -> None:
+        s = open_store(url)
         await s.open()
         try:
             if expired:
@@ -1461,5 +1497,12 @@ def test_group_commit_matches_one_at_a_time_semantics(
         finally:
             await s.close()
 
+    async def on_postgres() -> None:
+        async with pg.throwaway_database() as url:
+            await run(url)
+
+    if backend == "postgresql":
+        asyncio.run(on_postgres())
+        return
     with tempfile.TemporaryDirectory() as tmp:
-        asyncio.run(run(Path(tmp) / "model.db"))
+        asyncio.run(run(f"sqlite:///{Path(tmp) / 'model.db'}"))

@@ -6,8 +6,9 @@ order, inside a transaction, and recorded in ``schema_migrations(version, name, 
 A released migration is never edited: schema changes are new files.
 
 The backend-neutral parts (finding, ordering and splitting the files, planning what is pending)
-are here for every backend; :func:`apply_sqlite` drives them for SQLite. A PostgreSQL backend
-runs the same plan with its own driver (under an advisory lock instead of ``BEGIN IMMEDIATE``).
+are here for every backend; :func:`apply_sqlite` drives them for SQLite and
+``gateway.store.postgres.apply_migrations`` for PostgreSQL (dialect ``postgres``: the same plan
+with asyncpg, under an advisory lock instead of ``BEGIN IMMEDIATE``).
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ class Migration:
 
 
 def load_migrations(dialect: str, folder: Traversable | Path | None = None) -> list[Migration]:
-    """Every migration file for ``dialect`` (``"sqlite"``, ``"postgresql"``), by version.
+    """Every migration file for ``dialect`` (``"sqlite"``, ``"postgres"``), by version.
 
     ``folder`` overrides where the files are (tests). Raises :class:`MigrationError` on a
     badly named file, a duplicate version, or a gap in the numbering (a gap usually means a
