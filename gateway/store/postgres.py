@@ -199,14 +199,60 @@ def _is_unavailable(exc: BaseException) -> bool:
 
 def _is_connection_lost(exc: BaseException) -> bool:
     """The connection was broken before or while we used it: worth one more try for a read."""
-    if isinstance(exc, ConnectionError | asyncpg.exceptions.ConnectionDoesNotExistError):
+    if isinstance(
+        exc,
+        ConnectionError
+        | asyncpg.exceptions.ConnectionDoesNotExistError
+        | asyncpg.exceptions.InternalClientError,
+    ):
         return True
     if isinstance(exc, asyncpg.PostgresError):
         return _sqlstate(exc) in ("57P01", "57P02", "08006", "08003")  # admin/crash shutdown
     return isinstance(exc, asyncpg.InterfaceError) and "closed" in str(exc)
 
 
+def _cause(exc: BaseException) -> BaseException:
+    """The failure behind ``exc``: a rollback that failed on a broken connection hides why."""
+    while isinstance(
+        exc, asyncpg.InterfaceError | asyncpg.exceptions.InternalClientError
+    ) and isinstance(exc.__context__, asyncpg.PostgresError | OSError):
+        exc = exc.__context__
+    return exc
+
+
+class _NotSent(Exception):
+    """Nothing of a write reached the server (its connection was found broken at BEGIN, or
+    asyncpg refused to send on it): it can be tried again on another connection."""
+
+
+async def _begin(conn: Conn) -> Any:
+    """BEGIN on ``conn``; the started transaction, or _NotSent if the connection is broken."""
+    tx = conn.transaction()
+    try:
+        await tx.start()
+    except Exception as exc:
+        if _is_connection_lost(exc):
+            raise _NotSent() from exc
+        raise
+    return tx
+
+
+async def _in_transaction(conn: Conn, fn: Fn[R]) -> R:
+    """``fn`` in a transaction; on an error the rollback's own failure (the connection is
+    gone) is dropped, so the caller hears the first error."""
+    tx = await _begin(conn)
+    try:
+        result = await fn(conn)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await tx.rollback()
+        raise
+    await tx.commit()
+    return result
+
+
 def _unavailable(exc: BaseException) -> StoreUnavailable:
+    exc = _cause(exc)
     state = _sqlstate(exc)
     detail = f"{exc} ({state})" if state else f"{type(exc).__name__}: {exc}"
     err = StoreUnavailable(f"PostgreSQL: {detail}")
@@ -555,17 +601,25 @@ class PostgresStore(Store):
         ``transaction=False``, ``fn`` is one statement, atomic on its own). A deadlock or
         serialization failure is tried again; a write is never retried after a connection
         failure, as it may have committed."""
-        for attempt in range(_TX_ATTEMPTS):
+        fresh = False
+        for attempt in range(_TX_ATTEMPTS + 1):
             pool = self._live_pool()
             started = time.perf_counter()
             try:
                 async with pool.acquire(timeout=self.connect_timeout) as conn:
                     if transaction:
-                        async with conn.transaction():
-                            result = await fn(conn)
+                        result = await _in_transaction(conn, fn)
                     else:
-                        result = await fn(conn)
+                        try:
+                            result = await fn(conn)
+                        except asyncpg.exceptions.InternalClientError as exc:
+                            raise _NotSent() from exc  # refused locally: never sent
             except Exception as exc:
+                if isinstance(exc, _NotSent):
+                    if not fresh:  # once: a connection that died idle, replaced by the pool
+                        fresh = True
+                        continue
+                    exc = exc.__cause__ or exc
                 if _is_retryable(exc) and attempt + 1 < _TX_ATTEMPTS:
                     await asyncio.sleep(random.uniform(0, 0.01 * 2**attempt))
                     continue
@@ -651,7 +705,8 @@ class PostgresStore(Store):
         """Apply ``jobs`` in one transaction, in order: runs of ingest writes as groups, each
         other call in a savepoint of its own."""
         ingest = [j for j in jobs if isinstance(j, _IngestJob)]
-        for attempt in range(_TX_ATTEMPTS):
+        fresh = False
+        for attempt in range(_TX_ATTEMPTS + 1):
             started = time.perf_counter()
             for job in jobs:
                 job.result = job.error = None
@@ -659,23 +714,14 @@ class PostgresStore(Store):
                 pool = self._pool  # still set while close() waits for the queue to drain
                 if pool is None:
                     raise StoreUnavailable("store is closed")
-                async with (
-                    pool.acquire(timeout=self.connect_timeout) as conn,
-                    conn.transaction(),
-                ):
-                    now = time.time()
-                    run: list[_IngestJob] = []
-                    for job in [*jobs, None]:
-                        if isinstance(job, _IngestJob):
-                            run.append(job)
-                            continue
-                        if run:
-                            if not await self._apply_group(conn, run, now):
-                                await self._apply_one_by_one(conn, run, now)
-                            run = []
-                        if isinstance(job, _CallJob):
-                            await self._apply_call(conn, job)
+                async with pool.acquire(timeout=self.connect_timeout) as conn:
+                    await _in_transaction(conn, lambda c: self._apply_jobs(c, jobs))
             except Exception as exc:
+                if isinstance(exc, _NotSent):
+                    if not fresh:  # once: a connection that died idle, replaced by the pool
+                        fresh = True
+                        continue
+                    exc = exc.__cause__ or exc
                 if _is_retryable(exc) and attempt + 1 < _TX_ATTEMPTS:
                     await asyncio.sleep(random.uniform(0, 0.01 * 2**attempt))
                     continue
@@ -699,6 +745,20 @@ class PostgresStore(Store):
                 stats.last_batch_writes = len(ingest)
                 stats.max_batch_writes = max(stats.max_batch_writes, len(ingest))
             return
+
+    async def _apply_jobs(self, conn: Conn, jobs: list[_Job]) -> None:
+        now = time.time()
+        run: list[_IngestJob] = []
+        for job in [*jobs, None]:
+            if isinstance(job, _IngestJob):
+                run.append(job)
+                continue
+            if run:
+                if not await self._apply_group(conn, run, now):
+                    await self._apply_one_by_one(conn, run, now)
+                run = []
+            if isinstance(job, _CallJob):
+                await self._apply_call(conn, job)
 
     @staticmethod
     async def _apply_call(conn: Conn, job: _CallJob) -> None:
