@@ -465,3 +465,64 @@ async def test_pool_options_reach_the_pool(pg_url: str) -> None:
         # More concurrent reads than connections: they queue for the pool, all answered.
         got = await asyncio.gather(*(s._read(lambda c: c.fetchval("SELECT 1")) for _ in range(20)))
         assert got == [1] * 20
+
+
+# -- ingest over an outage ---------------------------------------------------------------------
+async def test_ingest_answers_503_while_the_database_is_down(
+    pg_url: str, aiohttp_client, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """The producer API on PostgreSQL: 202 while up, 503 with Retry-After (never a 202) while
+    the server is unreachable, 202 again once it is back, without a restart."""
+    from gateway.app import create_app
+    from gateway.config import load_settings
+    from tests.test_ingest_api import JSON, Api, record
+
+    target = parse_url(pg_url)[0].split("@", 1)[1].split("/", 1)[0]
+    host, port = target.rsplit(":", 1)
+    proxy = Proxy(host, int(port))
+    await proxy.start()
+    mappings = tmp_path / "mappings"
+    mappings.mkdir()
+    (mappings / "demo.yaml").write_text("group_key: demo\nintegrations: []\n")
+    settings = load_settings(
+        {
+            "data_dir": tmp_path / "data",
+            "mappings": mappings,
+            "store": _via(pg_url, proxy.port) + "?connect_timeout=2",
+            "key_cache_ttl": 60.0,
+            "delivery": False,
+        },
+        environ={},
+    )
+    api = Api(await aiohttp_client(create_app(settings)), tmp_path / "data")
+    assert isinstance(api.store, PostgresStore)
+    key, secret = await api.key("demo")
+    n = 0
+
+    async def post():  # type: ignore[no-untyped-def]
+        nonlocal n
+        n += 1  # a new body each time: a signed request sent twice is a replay
+        body = record(data={"n": n})
+        return await api.send("POST", "/v1/records", body, JSON, key=key, secret=secret)
+
+    r = await post()
+    assert r.status == 202, await r.text()
+
+    await proxy.stop()
+    for _ in range(3):
+        r = await post()
+        assert r.status == 503, await r.text()
+        assert r.headers["Retry-After"]
+        assert (await r.json())["error"]["code"] == "STORE_UNAVAILABLE"
+    assert (await api.client.get("/readyz")).status == 503
+
+    await proxy.start()
+    for _ in range(50):
+        r = await post()
+        if r.status != 503:
+            break
+        await asyncio.sleep(0.1)
+    assert r.status == 202, await r.text()
+    assert (await api.client.get("/readyz")).status == 200
+    assert await api.count() == 2
+    await proxy.stop()
