@@ -20,9 +20,16 @@ settings.load_profile("gateway")
 
 # -- store ----------------------------------------------------------------------------------
 # Every backend the store tests run against. A backend joins by adding its name here and a
-# branch in store_url_for(). PostgreSQL: a throwaway database per test on the local server
-# (tests/pg.py: skipped when no server answers, failing instead under CI).
+# branch in store_url_for(). PostgreSQL: a schema per test in a database per session on the
+# local server (tests/pg.py: skipped when no server answers, failing instead under CI).
 STORE_BACKENDS = ["sqlite", "postgresql"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _postgres_session_database() -> Iterator[None]:
+    """Drops the session's PostgreSQL test database, if a test made it."""
+    yield
+    pg.drop_session_database()
 
 
 def store_url_for(backend: str, tmp_path: Path) -> str:
@@ -31,14 +38,14 @@ def store_url_for(backend: str, tmp_path: Path) -> str:
     if backend == "sqlite":
         return f"sqlite:///{tmp_path / 'store' / 'gateway.db'}"
     if backend == "postgresql":
-        return pg.create_database_sync()
+        return pg.create_schema_sync()
     raise ValueError(f"no test store URL for backend {backend!r}")
 
 
 def drop_store_url(url: str) -> None:
     """Remove what store_url_for() made outside the test's tmp_path."""
     if url.startswith("postgresql://"):
-        pg.drop_database_sync(url)
+        pg.drop_schema_sync(url)
 
 
 @pytest.fixture(params=STORE_BACKENDS)

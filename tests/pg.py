@@ -1,10 +1,15 @@
-"""Throwaway PostgreSQL databases for tests (the store tests run against every backend).
+"""Throwaway PostgreSQL stores for tests (the store tests run against every backend).
 
 The server is the one at ``GATEWAY_TEST_POSTGRES`` (default: the local server as user
-``postgres``, database ``postgres``, trust auth). Each test gets a database of its own,
-``gw_test_<random>``, created from a connection to that one and dropped after the test (about
-20 ms each way). Without a server that answers, PostgreSQL tests are skipped with the reason;
-under CI (``CI`` set) they fail instead, so a CI run can never pass without them.
+``postgres``, database ``postgres``, trust auth). A test session creates one database,
+``gw_test_<random>`` (dropped when the session ends), and each test gets a schema of its own in
+it, ``gw_s_<random>``, named by the store URL's ``search_path`` (a server setting asyncpg
+passes on): the store's tables land there. Measured: CREATE DATABASE + DROP costs about 140 ms
+a test on this machine, CREATE SCHEMA + DROP about 7 ms. :func:`throwaway_database` still makes
+a whole database where a test wants one.
+
+Without a server that answers, PostgreSQL tests are skipped with the reason; under CI (``CI``
+set) they fail instead, so a CI run can never pass without them.
 """
 
 from __future__ import annotations
@@ -25,8 +30,10 @@ T = TypeVar("T")
 
 ADMIN_URL = os.environ.get("GATEWAY_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 DB_PREFIX = "gw_test_"
+SCHEMA_PREFIX = "gw_s_"
 
 _problem: list[str | None] = []  # cached probe result: [None] when the server answers
+_session: list[str] = []  # the session database's URL, once made
 
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:
@@ -96,6 +103,58 @@ def create_database_sync() -> str:
 
 def drop_database_sync(url: str) -> None:
     _run(drop_database(url))
+
+
+async def create_schema() -> str:
+    """A new empty schema in the session's database; a store URL whose tables go there."""
+    if not _session:
+        _session.append(await create_database())
+    name = SCHEMA_PREFIX + secrets.token_hex(6)
+    conn = await asyncpg.connect(_session[0], timeout=5)
+    try:
+        await conn.execute(f'CREATE SCHEMA "{name}"')
+    finally:
+        await conn.close()
+    return f"{_session[0]}?search_path={name}"
+
+
+async def drop_schema(url: str) -> None:
+    """Drop the schema of a create_schema() URL with everything in it."""
+    base, _, query = url.partition("?search_path=")
+    assert query.startswith(SCHEMA_PREFIX), url
+    conn = await asyncpg.connect(base, timeout=5)
+    try:
+        await conn.execute("SET lock_timeout = '5s'")
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{query}" CASCADE')
+    except asyncpg.PostgresError:
+        pass  # something still holds it: it goes with the session's database
+    finally:
+        await conn.close()
+
+
+def create_schema_sync() -> str:
+    require_server()
+    return _run(create_schema())
+
+
+def drop_schema_sync(url: str) -> None:
+    _run(drop_schema(url))
+
+
+def drop_session_database() -> None:
+    """At the end of the test session."""
+    if _session:
+        _run(drop_database(_session.pop()))
+
+
+@contextlib.asynccontextmanager
+async def throwaway_schema() -> AsyncIterator[str]:
+    """``async with throwaway_schema() as url``: a fresh store URL, dropped afterwards."""
+    url = await create_schema()
+    try:
+        yield url
+    finally:
+        await drop_schema(url)
 
 
 @contextlib.asynccontextmanager

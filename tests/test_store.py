@@ -1498,7 +1498,7 @@ def test_group_commit_matches_one_at_a_time_semantics(
             await s.close()
 
     async def on_postgres() -> None:
-        async with pg.throwaway_database() as url:
+        async with pg.throwaway_schema() as url:
             await run(url)
 
     if backend == "postgresql":

@@ -2,8 +2,9 @@
 migrations under an advisory lock, the URL's pool options.
 
 The behaviour both backends share is tests/test_store.py's, run against each. Every test here
-gets a throwaway database (tests/pg.py); without a PostgreSQL server they are skipped (under
-CI they fail).
+gets a throwaway schema (tests/pg.py); without a PostgreSQL server they are skipped (under
+CI they fail). Outages are made by terminating the connections of the test session's database
+(only the running test's stores are connected to it) or by a proxy taken down and back.
 """
 
 from __future__ import annotations
@@ -32,12 +33,17 @@ from tests.test_store import AK, entry, rec, wait_pending, writer_paused
 
 @pytest.fixture
 def pg_url() -> Iterator[str]:
-    """A fresh, empty database, dropped after the test."""
-    url = pg.create_database_sync()
+    """A fresh, empty store URL (a schema of its own), dropped after the test."""
+    url = pg.create_schema_sync()
     try:
         yield url
     finally:
-        pg.drop_database_sync(url)
+        pg.drop_schema_sync(url)
+
+
+def with_query(url: str, query: str) -> str:
+    """``url`` with more query parameters."""
+    return f"{url}{'&' if '?' in url else '?'}{query}"
 
 
 @contextlib.asynccontextmanager
@@ -318,7 +324,7 @@ async def test_server_down_then_back(pg_url: str) -> None:
     host, port = target.rsplit(":", 1)
     proxy = Proxy(host, int(port))
     await proxy.start()
-    url = _via(pg_url, proxy.port) + "?pool_min=2&pool_max=4&connect_timeout=2"
+    url = with_query(_via(pg_url, proxy.port), "pool_min=2&pool_max=4&connect_timeout=2")
     async with opened(url) as s:
         before = rec()
         await s.commit_ingest(IngestWrite([before]))
@@ -358,7 +364,7 @@ async def test_unreachable_server_at_open_is_unavailable(pg_url: str) -> None:
     await proxy.start()
     port = proxy.port
     await proxy.stop()  # a port nobody listens on
-    s = open_store(_via(pg_url, port) + "?connect_timeout=2")
+    s = open_store(with_query(_via(pg_url, port), "connect_timeout=2"))
     with pytest.raises(StoreUnavailable, match="PostgreSQL"):
         await s.open()
     await s.close()
@@ -368,7 +374,7 @@ async def test_unreachable_server_at_open_is_unavailable(pg_url: str) -> None:
 
 
 async def test_statement_timeout_is_unavailable(pg_url: str) -> None:
-    async with opened(pg_url + "?command_timeout=0.2") as s:
+    async with opened(with_query(pg_url, "command_timeout=0.2")) as s:
         with pytest.raises(StoreUnavailable):
             await s._read(lambda c: c.fetchval("SELECT pg_sleep(2)"))
         assert await s.count_records() == 0  # the pool goes on
@@ -458,7 +464,7 @@ def test_url_options_are_ours_the_rest_asyncpg_s() -> None:
 
 
 async def test_pool_options_reach_the_pool(pg_url: str) -> None:
-    async with opened(pg_url + "?pool_min=2&pool_max=3&application_name=gw-test") as s:
+    async with opened(with_query(pg_url, "pool_min=2&pool_max=3&application_name=gw-test")) as s:
         assert s._pool is not None
         assert (s._pool.get_min_size(), s._pool.get_max_size()) == (2, 3)
         assert await s._read(lambda c: c.fetchval("SHOW application_name")) == "gw-test"
@@ -488,7 +494,7 @@ async def test_ingest_answers_503_while_the_database_is_down(
         {
             "data_dir": tmp_path / "data",
             "mappings": mappings,
-            "store": _via(pg_url, proxy.port) + "?connect_timeout=2",
+            "store": with_query(_via(pg_url, proxy.port), "connect_timeout=2"),
             "key_cache_ttl": 60.0,
             "delivery": False,
         },
