@@ -24,6 +24,7 @@ from gateway.store.base import (
     DeliveryUpdate,
     IngestResult,
     IngestWrite,
+    StoreError,
     StoreUnavailable,
 )
 from gateway.store.postgres import PostgresStore, apply_migrations, connect, parse_url
@@ -177,6 +178,35 @@ async def test_concurrent_ingest_from_two_stores(pg_url: str) -> None:
         assert results == [IngestResult(committed=True)] * len(records)
         assert await a.count_records() == 400
         assert a.commits + b.commits < 400  # group commit in each
+
+
+async def test_a_failing_write_fails_alone_after_other_work_in_the_transaction(
+    pg_url: str,
+) -> None:
+    """A group that is not first in its transaction goes in a savepoint: its failure rolls
+    back to there, and what came before it in the transaction stays."""
+    async with opened(pg_url) as s:
+        existing = rec()
+        await s.commit_ingest(IngestWrite([existing]))
+        before = s.commits
+
+        async def touch(conn: object) -> str:
+            return "ran"
+
+        async with writer_paused(s):
+            call = asyncio.create_task(s._write(touch))
+            good, bad = rec(), rec(rid=existing.id)
+            tg = asyncio.create_task(s.commit_ingest(IngestWrite([good], [entry("k")])))
+            tb = asyncio.create_task(s.commit_ingest(IngestWrite([bad])))
+            await wait_pending(s, 2)
+        assert await call == "ran"
+        assert await tg == IngestResult(committed=True)
+        with pytest.raises(StoreError, match="UNIQUE"):
+            await tb
+        assert s.commits - before == 2  # the pause, then one transaction for all three
+        assert await s.get_record(good.id) is not None
+        assert await s.count_records() == 2
+        assert await s.get_idempotency(AK, "k", time.time()) is not None
 
 
 # -- outages -----------------------------------------------------------------------------------

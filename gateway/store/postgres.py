@@ -749,16 +749,18 @@ class PostgresStore(Store):
     async def _apply_jobs(self, conn: Conn, jobs: list[_Job]) -> None:
         now = time.time()
         run: list[_IngestJob] = []
+        first = True  # nothing done yet in this transaction
         for job in [*jobs, None]:
             if isinstance(job, _IngestJob):
                 run.append(job)
                 continue
             if run:
-                if not await self._apply_group(conn, run, now):
+                if not await self._apply_group(conn, run, now, first=first):
                     await self._apply_one_by_one(conn, run, now)
                 run = []
             if isinstance(job, _CallJob):
                 await self._apply_call(conn, job)
+            first = False
 
     @staticmethod
     async def _apply_call(conn: Conn, job: _CallJob) -> None:
@@ -858,9 +860,15 @@ class PostgresStore(Store):
         )
         return {(r[0], r[1]) for r in rows}
 
-    async def _apply_group(self, conn: Conn, jobs: list[_IngestJob], now: float) -> bool:
+    async def _apply_group(
+        self, conn: Conn, jobs: list[_IngestJob], now: float, *, first: bool = False
+    ) -> bool:
         """Fast path: the whole group in one savepoint. False (and nothing applied) on a
-        constraint error or a key another process took meanwhile: redo it write by write."""
+        constraint error or a key another process took meanwhile: redo it write by write.
+
+        ``first``: nothing precedes the group in the transaction, so instead of a savepoint
+        (two round trips on every commit) a failure rolls the whole transaction back and
+        chains a new one (one round trip, only on failure)."""
         pending = await self._stored_entries(conn, {k for job in jobs for k in job.keys}, now)
         to_insert: list[IngestWrite] = []
         expected: set[tuple[str, str]] = set()
@@ -879,20 +887,30 @@ class PostgresStore(Store):
                 pending[(e.access_key_id, e.key)] = e
             expected |= job.keys
             to_insert.append(write)
-        await conn.execute("SAVEPOINT ingest_group")
+        if not to_insert:
+            return True
+
+        async def undo() -> None:
+            if first:
+                await conn.execute("ROLLBACK AND CHAIN")
+            else:
+                await conn.execute("ROLLBACK TO SAVEPOINT ingest_group")
+                await conn.execute("RELEASE SAVEPOINT ingest_group")
+
+        if not first:
+            await conn.execute("SAVEPOINT ingest_group")
         try:
             written = await self._insert(conn, to_insert, now)
         except Exception as exc:
             if _is_unavailable(exc) or _is_retryable(exc):
                 raise
-            await conn.execute("ROLLBACK TO SAVEPOINT ingest_group")
-            await conn.execute("RELEASE SAVEPOINT ingest_group")
+            await undo()
             return False
         if written != expected:
-            await conn.execute("ROLLBACK TO SAVEPOINT ingest_group")
-            await conn.execute("RELEASE SAVEPOINT ingest_group")
+            await undo()
             return False
-        await conn.execute("RELEASE SAVEPOINT ingest_group")
+        if not first:
+            await conn.execute("RELEASE SAVEPOINT ingest_group")
         return True
 
     async def _apply_one_by_one(self, conn: Conn, jobs: list[_IngestJob], now: float) -> None:
