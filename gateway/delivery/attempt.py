@@ -190,7 +190,8 @@ class Attempts:
         while live:
             batch = [(it.claimed.delivery.id, it.fields or {}) for it in live]
             try:
-                if integration.type.blocking_build:
+                blocking = integration.type.blocking_build
+                if blocking(integration) if callable(blocking) else blocking:
                     return await asyncio.to_thread(
                         build, integration, batch, tokens=self.tokens.get
                     )

@@ -239,7 +239,7 @@ class DeliveryEngine(Attempts):
                 wait = (lane.held() + n) / max(lane.throughput(now), 0.1)
                 at = wall + min(max(0.5, wait), self.settings.lease_seconds / 2)
                 # The estimate can be far off; an idle lane calls these back (_lane_step).
-                lane.overflow_until = max(lane.overflow_until, at)
+                lane.overflow_until = max(lane.overflow_until, float(round(at)))
             if at is None:
                 lane.queue.append((c, now))
                 lane.wake.set()
@@ -304,7 +304,7 @@ class DeliveryEngine(Attempts):
                     lane.integration,
                     at=self._clock(),
                     only_earlier=False,
-                    before=until + 0.001,
+                    before=until + 1.0,  # given back rounded to whole seconds
                 )
                 self.notify()
             lane.wake.clear()

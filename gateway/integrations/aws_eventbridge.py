@@ -194,6 +194,6 @@ AWS_EVENTBRIDGE = register(
         build=build,
         read=read,
         check=check,
-        blocking_build=True,
+        blocking_build=aws.needs_credentials_io,
     )
 )

@@ -93,6 +93,6 @@ AWS_FIREHOSE = register(
         default_options={"batch_size": 500, "concurrency": 4},
         build=build,
         read=read,
-        blocking_build=True,
+        blocking_build=aws.needs_credentials_io,
     )
 )

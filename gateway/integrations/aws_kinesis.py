@@ -141,6 +141,6 @@ AWS_KINESIS = register(
         build=build,
         read=read,
         check=check,
-        blocking_build=True,
+        blocking_build=aws.needs_credentials_io,
     )
 )

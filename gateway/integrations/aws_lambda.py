@@ -201,6 +201,6 @@ AWS_LAMBDA = register(
         default_options={"batch_size": 1, "concurrency": 8},
         build=build,
         read=read,
-        blocking_build=True,
+        blocking_build=aws.needs_credentials_io,
     )
 )

@@ -159,6 +159,6 @@ AWS_S3 = register(
         build=build,
         read=read,
         check=check,
-        blocking_build=True,
+        blocking_build=aws.needs_credentials_io,
     )
 )

@@ -104,6 +104,6 @@ AWS_SNS = register(
         build=build,
         read=read,
         check=aws.check_fifo("topic_arn"),
-        blocking_build=True,
+        blocking_build=aws.needs_credentials_io,
     )
 )

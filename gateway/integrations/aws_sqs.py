@@ -103,6 +103,6 @@ AWS_SQS = register(
         build=build,
         read=read,
         check=aws.check_fifo("queue_url"),
-        blocking_build=True,
+        blocking_build=aws.needs_credentials_io,
     )
 )

@@ -195,7 +195,7 @@ class IntegrationType:
     build: Builder | None = None  # mapped records -> requests (see Builder)
     # The builder may block (botocore refreshing credentials over the network): the engine
     # runs it in a worker thread instead of on the event loop.
-    blocking_build: bool = False
+    blocking_build: bool | Callable[[Any], bool] = False  # or decided per integration
     read: Reader | None = None  # responses -> per-delivery outcomes; None: by status alone
     # Rules that span keys (one of two settings, a template's placeholders, a setting that
     # names a mapped field), checked when the mapping loads: see Checker.

@@ -171,8 +171,10 @@ _REPLAY_SET = (
 # catalog name (no such database), invalid authorization.
 _UNAVAILABLE_CLASSES = frozenset({"08", "53", "57", "58", "XX", "F0", "3D", "28"})
 # Read-only transaction (a standby after failover, default_transaction_read_only), lock not
-# available (lock_timeout), object in use.
-_UNAVAILABLE_STATES = frozenset({"25006", "55P03", "55006"})
+# available (lock_timeout), object in use, and 55000 as connecting answers it for a database
+# that is "not currently accepting connections" (ALTER DATABASE ... ALLOW_CONNECTIONS false,
+# a database being dropped or restored).
+_UNAVAILABLE_STATES = frozenset({"25006", "55P03", "55006", "55000"})
 _RETRYABLE_STATES = frozenset({"40001", "40P01"})  # serialization failure, deadlock
 
 
