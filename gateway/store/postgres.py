@@ -524,11 +524,11 @@ class PostgresStore(Store):
                 self.migrations_applied = await apply_migrations(conn)
         except BaseException as exc:
             pool.terminate()
-            if isinstance(exc, Exception):
-                err = _translate(exc)
-                if err is not exc:
-                    raise err from exc
-            raise
+            if isinstance(exc, StoreError) or not isinstance(exc, Exception):
+                raise
+            if _is_unavailable(exc) or _is_retryable(exc):
+                raise _unavailable(exc) from exc
+            raise StoreError(f"applying the schema migrations failed: {exc}") from exc
         self._pool = pool
         self._loop = asyncio.get_running_loop()
         self._opened = True
