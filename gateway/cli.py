@@ -53,15 +53,25 @@ def _print_json(value: Any) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """Run the gateway until SIGTERM or SIGINT; pending commits finish before it exits."""
+    """Run the gateway until SIGTERM or SIGINT; pending commits finish before it exits. With
+    --workers N, N processes share the port under this one, which restarts any that dies."""
     from aiohttp import web
 
+    from gateway import workers
     from gateway.app import create_app
 
     settings = _settings(args)
-    if args.bootstrap_key:
+    worker = workers.current()
+    if worker is None and settings.workers > 1:
+        return _serve_workers(args, settings)
+    if worker is not None:
+        workers.setup_process(worker)
+        settings = workers.worker_settings(settings, worker.number)
+    elif args.bootstrap_key:
         asyncio.run(_bootstrap_key(settings, args.bootstrap_key))
     app = create_app(settings)
+    if worker is not None:
+        workers.attach(app, worker)
     loop = None
     try:
         import uvloop
@@ -74,11 +84,45 @@ def cmd_serve(args: argparse.Namespace) -> int:
         host=settings.host,
         port=settings.port,
         access_log=None,
-        print=lambda *a: print(*a, file=sys.stderr),
+        print=(
+            workers.ready_notifier(worker)
+            if worker is not None
+            else lambda *a: print(*a, file=sys.stderr)
+        ),
         loop=loop,
         shutdown_timeout=10.0,
+        # A worker shares the port with the others, and handles stop signals itself.
+        reuse_port=True if worker is not None else None,
+        handle_signals=worker is None,
     )
     return 0
+
+
+def _serve_workers(args: argparse.Namespace, settings: Settings) -> int:
+    """The parent of ``serve --workers N``: checks, the once-only preparation, then the
+    supervisor until every worker has exited."""
+    from gateway import workers
+    from gateway.store.base import StoreError
+
+    try:
+        workers.check(settings)
+        asyncio.run(workers.prepare(settings))
+    except workers.WorkersError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (StoreError, ValueError) as exc:
+        print(f"error: the store ({settings.store_url}): {exc}", file=sys.stderr)
+        return 1
+    if args.bootstrap_key:
+        asyncio.run(_bootstrap_key(settings, args.bootstrap_key))
+    # The workers get the flags given here (never a secret: those are variables only, which
+    # they inherit); not --workers (they are workers) nor --bootstrap-key (done above).
+    flags = [
+        f"--{name.replace('_', '-')}={value}"
+        for name in Settings.model_fields
+        if name != "workers" and (value := getattr(args, name, None)) is not None
+    ]
+    return workers.Supervisor(settings, flags).run()
 
 
 async def _bootstrap_key(settings: Settings, group: str) -> None:

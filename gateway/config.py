@@ -87,6 +87,12 @@ class Settings(BaseModel):
         description="Seconds delivered records are kept before they are purged (dead ones "
         "stay until replayed).",
     )
+    workers: int = Field(
+        1,
+        ge=1,
+        description="Processes serving the port (SO_REUSEPORT) under a parent that restarts "
+        "them; on SQLite only worker 0 delivers.",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Log level."
     )
