@@ -149,3 +149,38 @@ async def test_delivered_records_are_purged_after_retention_dead_ones_stay(
         assert time.monotonic() < deadline, "the delivered record was never purged"
         await asyncio.sleep(0.2)
     assert await app[STORE].get_record(rig.record_of[bad[0]]) is not None
+
+
+async def test_the_engines_count_of_claimed_deliveries_matches_its_lanes(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    # One lane delivers, the other fails until its breaker opens and gives its queue back:
+    # the running count the dispatcher sizes claims by must follow both paths.
+    receiver.answer = lambda r: Answer(500) if r.path.startswith("/bad") else Answer(200)
+    rig = await Rig.create(
+        tmp_path,
+        [
+            http_entry("good", receiver.url + "/good"),
+            http_entry(
+                "bad",
+                receiver.url + "/bad",
+                "concurrency: 1, breaker: {failures: 2, cooldown: 30s}",
+            ),
+        ],
+    )
+    try:
+        good = [d for _ in range(20) for d in await rig.add(["good"])]
+        bad = [d for _ in range(20) for d in await rig.add(["bad"])]
+        for d in await rig.wait_settled(good):
+            assert d.state == DeliveryState.DELIVERED
+        deadline = time.monotonic() + 10
+        engine = rig.engine
+        while engine.lanes[("shop", "bad")].breaker.opened == 0:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)
+        assert engine._held() == sum(lane.held() for lane in engine.lanes.values())
+        assert engine._held() == 0  # the good lane is done, the open one gave its work back
+        assert {d.state for d in await rig.deliveries(bad)} == {DeliveryState.PENDING}
+    finally:
+        await rig.close()

@@ -92,15 +92,13 @@ def test_failed_probes_double_the_cooldown_up_to_the_cap() -> None:
     b = CircuitBreaker(OPTS)
     for t in range(3):
         b.record(False, now=t)
-    opened_at, cooldowns = 2.0, []
+    cooldowns = []
     for _ in range(4):
         now = b.open_until
         assert b.allow(now=now)
         b.record(False, now=now)
         cooldowns.append(b.open_until - now)
-        opened_at = now
     assert cooldowns == [60, 100, 100, 100]
-    assert opened_at > 0
     # Success resets the cooldown for the next time.
     now = b.open_until
     assert b.allow(now=now)

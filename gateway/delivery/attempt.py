@@ -78,12 +78,10 @@ class Attempts:
     _rng: random.Random
     _clock: Callable[[], float]
     _warned_tls: set[tuple[str, str]]
-
-    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
-        raise NotImplementedError
-
-    async def _recovered(self, lane: Lane) -> None:
-        raise NotImplementedError
+    _in_hand: int
+    # The engine's methods this half calls (declared, not stubbed).
+    _spawn: Callable[[Coroutine[Any, Any, Any]], None]
+    _recovered: Callable[[Lane], Coroutine[Any, Any, None]]
 
     async def _attempt(
         self, lane: Lane, batch: list[ClaimedDelivery], slots: asyncio.Semaphore
@@ -131,6 +129,7 @@ class Attempts:
         finally:
             slots.release()
             lane.sending -= len(batch)
+            self._in_hand -= len(batch)
             if probe:
                 lane.probe_done.set()
         duration_ms = (time.perf_counter() - t0) * 1000

@@ -84,6 +84,7 @@ class DeliveryEngine(Attempts):
         self._stopping = False
         self._dispatcher: asyncio.Task[None] | None = None
         self._attempts: set[asyncio.Task[Any]] = set()
+        self._in_hand = 0  # deliveries claimed and not finished: queued or being sent
         self._paused: set[tuple[str, str]] = set()
         self._paused_checked = 0.0
         self._warned_tls: set[tuple[str, str]] = set()
@@ -184,7 +185,9 @@ class DeliveryEngine(Attempts):
 
     # -- dispatcher -----------------------------------------------------------------------
     def _held(self) -> int:
-        return sum(lane.held() for lane in self.lanes.values())
+        # A running count: summing over every lane on each claim cost O(lanes) per commit
+        # wake-up, with 10,000 groups a hot loop of its own.
+        return self._in_hand
 
     async def _dispatch_loop(self) -> None:
         s = self.settings
@@ -242,6 +245,7 @@ class DeliveryEngine(Attempts):
                 lane.overflow_until = max(lane.overflow_until, float(round(at)))
             if at is None:
                 lane.queue.append((c, now))
+                self._in_hand += 1
                 lane.wake.set()
             else:
                 later.setdefault(float(round(at)), []).append(c.delivery.id)
@@ -265,6 +269,7 @@ class DeliveryEngine(Attempts):
     async def _give_back(self, lane: Lane, at: float) -> None:
         ids = [c.delivery.id for c, _ in lane.queue]
         lane.queue.clear()
+        self._in_hand -= len(ids)
         if ids:
             await self.store.release_deliveries(self.owner, ids, at)
 
@@ -377,6 +382,7 @@ class DeliveryEngine(Attempts):
             c, _ = lane.queue.popleft()
             if (c.delivery.lease_expires_at or 0) < deadline:
                 expiring.append(c.delivery.id)
+                self._in_hand -= 1
             else:
                 batch.append(c)
         if expiring:

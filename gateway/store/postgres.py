@@ -401,13 +401,6 @@ async def apply_migrations(
     return [m.version for m in todo]
 
 
-async def applied_versions(conn: Conn) -> list[int]:
-    """The versions recorded in ``schema_migrations`` (empty before the first migration)."""
-    if await conn.fetchval("SELECT to_regclass('schema_migrations')") is None:
-        return []
-    return [r[0] for r in await conn.fetch("SELECT version FROM schema_migrations ORDER BY 1")]
-
-
 # -- the writer's jobs --------------------------------------------------------------------------
 class _Job:
     __slots__ = ("error", "future", "result")

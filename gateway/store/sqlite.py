@@ -265,6 +265,20 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _narrow(flt: DeliveryFilter, where: list[str], params: list[Any]) -> None:
+    """Add the filter's group, integration and creation-time conditions (its state is each
+    caller's: they spell it so the planner picks their index)."""
+    for value, clause in (
+        (flt.group_key, "group_key = ?"),
+        (flt.integration, "integration = ?"),
+        (flt.created_after, "created_at > ?"),
+        (flt.created_before, "created_at < ?"),
+    ):
+        if value is not None:
+            where.append(clause)
+            params.append(value)
+
+
 def encode_cursor(last_id: str) -> str:
     """An opaque pagination cursor: the last delivery id seen, URL-safe base64."""
     return base64.urlsafe_b64encode(last_id.encode()).rstrip(b"=").decode()
@@ -1023,18 +1037,7 @@ class SQLiteStore(Store):
             # key in id order and stops after a page (instead of sorting every pending row).
             where.append("state = ?")
             params.append(str(flt.state))
-        if flt.group_key is not None:
-            where.append("group_key = ?")
-            params.append(flt.group_key)
-        if flt.integration is not None:
-            where.append("integration = ?")
-            params.append(flt.integration)
-        if flt.created_after is not None:
-            where.append("created_at > ?")
-            params.append(flt.created_after)
-        if flt.created_before is not None:
-            where.append("created_at < ?")
-            params.append(flt.created_before)
+        _narrow(flt, where, params)
         params.append(limit + 1)  # one more than a page tells whether another page exists
         sql = (
             f"SELECT {_DELIVERY_COLS} FROM deliveries"
@@ -1168,18 +1171,7 @@ class SQLiteStore(Store):
             # primary key, where they are dense.
             where = ["state = 'dead'" if state == DeliveryState.DEAD else "state = 'delivered'"]
             params = []
-            if flt.group_key is not None:
-                where.append("group_key = ?")
-                params.append(flt.group_key)
-            if flt.integration is not None:
-                where.append("integration = ?")
-                params.append(flt.integration)
-            if flt.created_after is not None:
-                where.append("created_at > ?")
-                params.append(flt.created_after)
-            if flt.created_before is not None:
-                where.append("created_at < ?")
-                params.append(flt.created_before)
+            _narrow(flt, where, params)
             params.append(limit)
             select = f"SELECT id FROM deliveries WHERE {' AND '.join(where)} ORDER BY id LIMIT ?"
 
