@@ -16,6 +16,7 @@ from aiohttp import web
 
 _LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
 _threshold = 20
+_common: dict[str, Any] = {}  # fields on every line of this process (a worker's number)
 
 
 def set_level(level: str) -> None:
@@ -28,11 +29,16 @@ def log(event: str, level: str = "info", **fields: Any) -> None:
     """Write one event line: ``{"ts", "level", "event", ...fields}``."""
     if _LEVELS[level] < _threshold:
         return
-    line = {"ts": round(time.time(), 3), "level": level, "event": event}
+    line = {"ts": round(time.time(), 3), "level": level, "event": event, **_common}
     line.update(fields)
     sys.stdout.buffer.write(orjson.dumps(line, default=str) + b"\n")
     if _LEVELS[level] >= 30:
         sys.stdout.flush()
+
+
+def set_common_fields(**fields: Any) -> None:
+    """Add ``fields`` to every line this process writes from now on."""
+    _common.update(fields)
 
 
 def flush() -> None:

@@ -34,7 +34,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import functools
 import io
 import os
 import select
@@ -480,7 +479,7 @@ def setup_process(worker: Worker) -> None:
     default action would end the process).
     """
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    logs.log = functools.partial(logs.log, worker=worker.number)  # type: ignore[assignment]
+    logs.set_common_fields(worker=worker.number)
     if not sys.stdout.isatty():
         sys.stdout.flush()
         raw = io.FileIO(sys.stdout.fileno(), "w", closefd=False)
