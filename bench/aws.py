@@ -84,9 +84,9 @@ from delivery import (  # noqa: E402
 )
 from ingest import ensure_wrk, run_wrk  # noqa: E402
 
-from tests import moto_server  # noqa: E402
-from tests.gateway_proc import GatewayProcess, free_port  # noqa: E402
-from tests.signing import sign  # noqa: E402
+from tests.support import moto_server  # noqa: E402
+from tests.support.gateway_proc import GatewayProcess, free_port  # noqa: E402
+from tests.support.signing import sign  # noqa: E402
 
 MAPPING = """\
 group_key: {group}

@@ -52,8 +52,8 @@ sys.path.insert(0, str(HERE))
 
 from ingest import _data, _wait, ensure_wrk, run_wrk  # noqa: E402
 
-from tests.gateway_proc import GatewayProcess, free_port  # noqa: E402
-from tests.signing import sign  # noqa: E402
+from tests.support.gateway_proc import GatewayProcess, free_port  # noqa: E402
+from tests.support.signing import sign  # noqa: E402
 
 GROUP = "demo"
 MAPPING = """\

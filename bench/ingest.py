@@ -26,8 +26,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from tests.gateway_proc import GatewayProcess, free_port  # noqa: E402
-from tests.signing import sign  # noqa: E402
+from tests.support.gateway_proc import GatewayProcess, free_port  # noqa: E402
+from tests.support.signing import sign  # noqa: E402
 
 STAGES = {
     "respond": "gateway app + middleware + request log, handler answers at once",

@@ -39,8 +39,8 @@ from ingest import ensure_wrk, run_wrk  # noqa: E402
 from gateway.mapping.loader import MappingRegistry, load_file  # noqa: E402
 from gateway.mapping.model import compile_mapping  # noqa: E402
 from gateway.mapping.yamlsrc import load_with_lines  # noqa: E402
-from tests.gateway_proc import GatewayProcess  # noqa: E402
-from tests.signing import sign  # noqa: E402
+from tests.support.gateway_proc import GatewayProcess  # noqa: E402
+from tests.support.signing import sign  # noqa: E402
 
 FIELDS = """\
       email: {path: epost, transform: [trim, lower], required: true}

@@ -62,7 +62,7 @@ from delivery import (  # noqa: E402
 )
 from ingest import ensure_wrk, run_wrk  # noqa: E402
 
-from tests import pg  # noqa: E402
+from tests.support import pg  # noqa: E402
 
 CONFIGS = ("sqlite-1", "pg-1", "pg-2")
 LABELS = {

@@ -10,7 +10,7 @@ from hypothesis import settings
 
 from gateway.store import open_store
 from gateway.store.base import Store
-from tests import pg
+from tests.support import pg
 
 # -- hypothesis -----------------------------------------------------------------------------
 # Property tests assert behaviour, not speed: on a shared, loaded CI machine a slow example must

@@ -24,8 +24,8 @@ from gateway.store.base import (
     NewRecord,
     Store,
 )
-from tests.delivery_rig import FAST_RETRY, Rig, http_entry
-from tests.receiver import Answer, Receiver
+from tests.support.delivery_rig import FAST_RETRY, Rig, http_entry
+from tests.support.receiver import Answer, Receiver
 
 TOKEN = "admin-token-for-delivery-tests"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}

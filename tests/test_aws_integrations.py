@@ -12,8 +12,10 @@ import yaml
 
 from gateway.integrations import aws
 from gateway.store.base import DeliveryState
-from tests.delivery_rig import Rig
-from tests.moto_server import MotoServer, start_moto
+from tests.support.delivery_rig import Rig
+from tests.support.moto_server import MotoServer, start_moto
+
+pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +139,7 @@ async def test_wrong_secret_is_a_permanent_failure_with_awss_error(
 # -- answers moto cannot give: partial failures and throttling, from a local server ---------
 @pytest.fixture
 async def fake_aws():
-    from tests.receiver import Receiver
+    from tests.support.receiver import Receiver
 
     r = await Receiver().start()
     yield r
@@ -151,7 +153,7 @@ def _sqs_entries(received) -> list[str]:
 async def test_sqs_retries_only_failed_entries(
     tmp_path: Path, fake_aws, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from tests.receiver import Answer
+    from tests.support.receiver import Answer
 
     monkeypatch.setenv("MOTO_KEY_ID", "AKIDEXAMPLE")
     monkeypatch.setenv("MOTO_SECRET", "secret")
@@ -239,7 +241,7 @@ async def test_sqs_retries_only_failed_entries(
 async def test_sqs_whole_request_errors(
     tmp_path: Path, fake_aws, monkeypatch: pytest.MonkeyPatch, status: int, code: str, kind: str
 ) -> None:
-    from tests.receiver import Answer
+    from tests.support.receiver import Answer
 
     monkeypatch.setenv("MOTO_KEY_ID", "AKIDEXAMPLE")
     monkeypatch.setenv("MOTO_SECRET", "secret")

@@ -18,10 +18,12 @@ from gateway.delivery.engine import EngineSettings
 from gateway.ids import delivery_id, record_id
 from gateway.integrations import aws
 from gateway.store.base import DeliveryState, IngestWrite, NewRecord
-from tests.delivery_rig import Rig
-from tests.moto_server import MotoServer
-from tests.receiver import Answer, Received, Receiver
+from tests.support.delivery_rig import Rig
+from tests.support.moto_server import MotoServer
+from tests.support.receiver import Answer, Received, Receiver
 from tests.test_aws_integrations import entry, keys, moto  # noqa: F401
+
+pytestmark = pytest.mark.e2e
 
 JSON_11 = {"Content-Type": "application/x-amz-json-1.1"}
 FAST = "retry: {base: 20ms, cap: 50ms, max_attempts: 5}"

@@ -44,11 +44,13 @@ from gateway.integrations import aws, aws_lambda, aws_s3
 from gateway.integrations.http import idempotency_key
 from gateway.integrations.transport import Timeouts, Transport
 from gateway.store.base import DeliveryState, IngestWrite, NewRecord
-from tests.delivery_rig import Rig
-from tests.moto_server import MotoServer
-from tests.receiver import Answer
+from tests.support.delivery_rig import Rig
+from tests.support.moto_server import MotoServer
+from tests.support.receiver import Answer
 from tests.test_aws_integrations import entry, keys, moto  # noqa: F401
 from tests.test_delivery_auth import RawReceiver, header
+
+pytestmark = pytest.mark.e2e
 
 FAST = "retry: {base: 20ms, cap: 100ms, max_attempts: 5}"
 ACCESS_KEY_ID = "AKIDLAMBDAS3TESTKEY1"

@@ -15,10 +15,12 @@ import pytest
 from gateway.integrations import aws
 from gateway.store.base import DeliveryState
 from tests import test_aws_integrations
-from tests.delivery_rig import Rig
-from tests.moto_server import MotoServer
-from tests.receiver import Answer, Received, Receiver
+from tests.support.delivery_rig import Rig
+from tests.support.moto_server import MotoServer
+from tests.support.receiver import Answer, Received, Receiver
 from tests.test_aws_integrations import entry
+
+pytestmark = pytest.mark.e2e
 
 # The module-scoped moto server and the fixture putting its keys in the environment.
 moto = test_aws_integrations.moto

@@ -16,10 +16,12 @@ from gateway.app import STORE
 from gateway.cli import main
 from gateway.delivery.engine import ENGINE
 from gateway.store.base import DeliveryState
-from tests.delivery_rig import FAST_RETRY, http_entry
-from tests.gateway_proc import free_port
-from tests.receiver import Answer, Receiver
+from tests.support.delivery_rig import FAST_RETRY, http_entry
+from tests.support.gateway_proc import free_port
+from tests.support.receiver import Answer, Receiver
 from tests.test_admin_deliveries import TOKEN, add, make_client, wait_state
+
+pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture

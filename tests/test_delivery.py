@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from gateway.store.base import DeliveryState
-from tests.delivery_rig import Rig, http_entry
-from tests.receiver import Answer, Receiver
+from tests.support.delivery_rig import Rig, http_entry
+from tests.support.receiver import Answer, Receiver
 
 
 @pytest.fixture

@@ -24,8 +24,8 @@ from aiohttp import web
 
 from gateway.auth.sigv4 import SigV4Error, SigV4Request, SigV4Verifier
 from gateway.store.base import DeliveryState
-from tests.delivery_rig import Rig
-from tests.receiver import Answer, Received, Receiver
+from tests.support.delivery_rig import Rig
+from tests.support.receiver import Answer, Received, Receiver
 
 FAST_RETRY: dict[str, Any] = {"base": "20ms", "cap": "100ms", "max_attempts": 30}
 

@@ -13,8 +13,10 @@ import pytest
 import requests
 from requests_aws4auth import AWS4Auth
 
-from tests.gateway_proc import GatewayProcess
-from tests.receiver import ThreadedReceiver
+from tests.support.gateway_proc import GatewayProcess
+from tests.support.receiver import ThreadedReceiver
+
+pytestmark = pytest.mark.e2e
 
 MAPPING = """\
 group_key: shop

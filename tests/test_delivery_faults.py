@@ -39,8 +39,8 @@ from gateway.integrations.base import (
     register,
 )
 from gateway.store.base import DeliveryState
-from tests.delivery_rig import Rig
-from tests.receiver import Answer, Received, Receiver
+from tests.support.delivery_rig import Rig
+from tests.support.receiver import Answer, Received, Receiver
 
 FAST_RETRY: dict[str, Any] = {"base": "20ms", "cap": "100ms", "max_attempts": 30}
 #: A breaker that stays closed, for tests about something else.

@@ -19,8 +19,10 @@ from aws_requests_auth.aws_auth import AWSRequestsAuth
 from requests_aws4auth import AWS4Auth
 
 from gateway.store import open_store
-from tests.gateway_proc import GatewayProcess
-from tests.signing import sign
+from tests.support.gateway_proc import GatewayProcess
+from tests.support.signing import sign
+
+pytestmark = pytest.mark.e2e
 
 DEMO = {"epost": "john.doe@example.com", "namn": "John Doe", "some_tags": ["TAG1", "TAG2"]}
 

@@ -14,7 +14,7 @@ from aiohttp.test_utils import TestClient
 from gateway.app import STORE, create_app
 from gateway.auth.keys import SecretBox, create_key, load_master_key
 from gateway.config import load_settings
-from tests.signing import sign
+from tests.support.signing import sign
 
 DEMO = {"epost": "john.doe@example.com", "namn": "John Doe", "some_tags": ["TAG1", "TAG2"]}
 JSON = {"Content-Type": "application/json"}

@@ -16,8 +16,10 @@ import pytest
 from gateway.app import MAPPINGS, RELOADER, STORE, create_app
 from gateway.auth.keys import SecretBox, create_key, load_master_key
 from gateway.config import load_settings
-from tests.gateway_proc import GatewayProcess
-from tests.signing import sign
+from tests.support.gateway_proc import GatewayProcess
+from tests.support.signing import sign
+
+pytestmark = pytest.mark.e2e
 
 TOKEN = "admin-token-for-tests"
 VERSION_A = (

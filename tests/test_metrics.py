@@ -19,9 +19,9 @@ from gateway.app import STORE, create_app
 from gateway.auth.keys import SecretBox, create_key, load_master_key
 from gateway.config import load_settings
 from gateway.metrics import METRICS
-from tests.delivery_rig import FAST_RETRY, Rig, http_entry
-from tests.receiver import Answer, Receiver
-from tests.signing import sign
+from tests.support.delivery_rig import FAST_RETRY, Rig, http_entry
+from tests.support.receiver import Answer, Receiver
+from tests.support.signing import sign
 
 JSON = {"Content-Type": "application/json"}
 

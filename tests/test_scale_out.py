@@ -14,9 +14,11 @@ import pytest
 import requests
 from requests_aws4auth import AWS4Auth
 
-from tests import pg
-from tests.gateway_proc import GatewayProcess
-from tests.receiver import ThreadedReceiver
+from tests.support import pg
+from tests.support.gateway_proc import GatewayProcess
+from tests.support.receiver import ThreadedReceiver
+
+pytestmark = pytest.mark.e2e
 
 MAPPING = """\
 group_key: shop

@@ -22,7 +22,7 @@ from gateway.auth.sigv4 import (
     signing_key,
     string_to_sign,
 )
-from tests.sigv4_suite import (
+from tests.support.sigv4_suite import (
     DATE,
     NOW,
     REGION,

@@ -37,7 +37,7 @@ from gateway.auth.sigv4 import (
     signing_key,
     string_to_sign,
 )
-from tests.sigv4_suite import header_value, with_header, without_header
+from tests.support.sigv4_suite import header_value, with_header, without_header
 
 KEY = "AKIDGATEWAYTEST00001"
 SECRET = "gw/Secret+Key=0123456789abcdefghijABCDEFGH"  # '/', '+', '=' as real secrets have

@@ -48,8 +48,8 @@ from gateway.store.base import (
 )
 from gateway.store.postgres import PostgresStore
 from gateway.store.sqlite import SQLiteStore, decode_cursor, encode_cursor
-from tests import pg
 from tests.conftest import STORE_BACKENDS
+from tests.support import pg
 
 REPO = Path(__file__).resolve().parent.parent
 AK = "AKGWTESTTESTTESTTEST"

@@ -28,7 +28,7 @@ from gateway.store.base import (
     StoreUnavailable,
 )
 from gateway.store.postgres import PostgresStore, apply_migrations, connect, parse_url
-from tests import pg
+from tests.support import pg
 from tests.test_store import AK, entry, rec, wait_pending, writer_paused
 
 

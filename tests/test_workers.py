@@ -20,8 +20,10 @@ import requests
 from requests_aws4auth import AWS4Auth
 
 from gateway.workers import WORKER_HEADER
-from tests.gateway_proc import GatewayProcess
+from tests.support.gateway_proc import GatewayProcess
 from tests.test_e2e_server import _stored_ids
+
+pytestmark = pytest.mark.e2e
 
 DELIVERIES = Path("var") / "demo-deliveries.ndjson"  # the demo mapping's file, from the cwd
 
@@ -317,7 +319,7 @@ def test_a_worker_that_cannot_start_stops_the_parent(tmp_path: Path) -> None:
 
 
 def test_on_postgresql_every_worker_takes_records_and_delivers(tmp_path: Path) -> None:
-    from tests import pg
+    from tests.support import pg
 
     url = pg.create_schema_sync()  # skipped (failed under CI) without a server
     g = GatewayProcess(tmp_path, groups=("demo",), GATEWAY_STORE=url)

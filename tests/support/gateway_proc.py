@@ -13,7 +13,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 GATEWAY = [sys.executable, "-m", "gateway"]
 
 

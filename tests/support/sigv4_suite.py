@@ -12,7 +12,7 @@ from pathlib import Path
 
 from gateway.auth.sigv4 import SigV4Request
 
-SUITE = Path(__file__).parent / "data" / "aws4_testsuite"
+SUITE = Path(__file__).parent.parent / "data" / "aws4_testsuite"
 ACCESS_KEY = "AKIDEXAMPLE"
 SECRET = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"
 DATE = "20150830T123600Z"

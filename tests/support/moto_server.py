@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from tests.gateway_proc import free_port
+from tests.support.gateway_proc import free_port
 
 # The setup calls: create_user, put_user_policy, create_access_key.
 SETUP_CALLS = 3
