@@ -181,9 +181,11 @@ def test_echoed_credentials_never_reach_producers_and_are_scrubbed_for_operators
                 assert secret not in text
             # The operator still sees what the integration said, minus the secret.
             assert admin["last_error"].startswith("HTTP 400: ")
-            assert "you_sent" in admin["last_error"] and "***" in admin["last_error"]
+            assert "you_sent" in admin["last_error"]
+            assert "***" in admin["last_error"]
             assert all("***" in (a["error"] or "") for a in admin["attempt_history"])
-        assert API_KEY not in gw.output() and basic not in gw.output()
+        assert API_KEY not in gw.output()
+        assert basic not in gw.output()
     finally:
         gw.stop()
 
@@ -276,10 +278,10 @@ def test_records_cannot_send_credentials_to_denied_addresses(tmp_path: Path) -> 
             assert ok.hits[0][1]["Authorization"] == f"Bearer {BEARER}"
             # ...unless the entry denies it: dead at once, nothing sent.
             narrowed = by_name["narrowed"]
-            assert narrowed["state"] == "dead" and narrowed["attempts"] == 1, narrowed
+            assert (narrowed["state"], narrowed["attempts"]) == ("dead", 1), narrowed
             assert narrowed["last_error_code"] == "DESTINATION_REFUSED"
             for d in meta_doc["deliveries"]:  # metadata: refused for every entry by default
-                assert d["state"] == "dead" and d["attempts"] == 1, d
+                assert (d["state"], d["attempts"]) == ("dead", 1), d
                 assert d["last_error_code"] == "DESTINATION_REFUSED"
                 admin = _admin_delivery(gw, d["id"])
                 assert admin["last_error"].startswith("destination refused: 169.254.169.254")
@@ -312,7 +314,8 @@ def test_gateway_wide_deny_setting_applies_to_every_entry(tmp_path: Path) -> Non
         finally:
             gw.stop()
         (d,) = doc["deliveries"]
-        assert d["state"] == "dead" and d["last_error_code"] == "DESTINATION_REFUSED"
+        assert d["state"] == "dead"
+        assert d["last_error_code"] == "DESTINATION_REFUSED"
         assert ok.hits == []
 
 
@@ -366,7 +369,8 @@ async def test_token_request_does_not_follow_a_redirect(status: int) -> None:
         with pytest.raises(TokenError) as err:
             await TokenCache().ensure(integ, transport.client())
         assert err.value.permanent
-        assert f"HTTP {status}" in str(err.value) and "redirect" in str(err.value)
+        assert f"HTTP {status}" in str(err.value)
+        assert "redirect" in str(err.value)
         assert secret not in str(err.value)
         assert len(token_ep.requests) == 1
         assert elsewhere.seen == []  # the secret went nowhere else
@@ -392,7 +396,8 @@ async def test_token_endpoint_echoing_the_secret_is_scrubbed() -> None:
     try:
         with pytest.raises(TokenError) as err:
             await TokenCache().ensure(integ, transport.client())
-        assert err.value.permanent and "HTTP 401" in str(err.value)
+        assert err.value.permanent
+        assert "HTTP 401" in str(err.value)
         assert "client_id=gw" in str(err.value)  # the echo is there, the secret is not
         assert "client%2Fsecret%2Bwith%3Dsigns" in token_ep.requests[0].body.decode()
         assert "client%2Fsecret%2Bwith%3Dsigns" not in str(err.value)

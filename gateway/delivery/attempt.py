@@ -22,6 +22,7 @@ from gateway import logs
 from gateway.delivery import policy
 from gateway.delivery.breaker import BreakerState
 from gateway.delivery.lane import Lane, LaneConfig
+from gateway.integrations import destinations, redact
 from gateway.integrations.base import (
     BuildErrors,
     BuildUnavailable,
@@ -30,7 +31,6 @@ from gateway.integrations.base import (
     OutcomeKind,
     Response,
 )
-from gateway.integrations import destinations, redact
 from gateway.integrations.oauth2 import TokenCache, TokenError
 from gateway.integrations.transport import Transport, TransportError, outcomes_by_status
 from gateway.mapping.errors import MappingError
@@ -328,7 +328,9 @@ class Attempts:
         now = self._clock()
         updates = []
         c = lane.counters
-        secrets = redact.secrets_of_lane(self.mappings, lane.group_key, lane.integration, self.tokens)
+        secrets = redact.secrets_of_lane(
+            self.mappings, lane.group_key, lane.integration, self.tokens
+        )
         for it in items:
             d = it.claimed.delivery
             o = it.outcome or Outcome(d.id, OutcomeKind.RETRY, None, "no answer was read")

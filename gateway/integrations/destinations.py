@@ -33,7 +33,8 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from gateway.integrations.transport import TransportError
 
 if TYPE_CHECKING:
-    from aiohttp.client_reqrep import ClientRequest, ClientTimeout, Connection
+    from aiohttp import ClientRequest, ClientTimeout
+    from aiohttp.connector import Connection
     from aiohttp.tracing import Trace
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -93,29 +94,35 @@ def parse_ranges(value: str | Iterable[str] | None) -> tuple[Network, ...]:
 
 @dataclass(frozen=True, slots=True)
 class Rules:
-    """One layer: allowed and denied ranges."""
+    """One layer of allowed and denied ranges, over the layers below it (``base``)."""
 
     allow: tuple[Network, ...] = ()
     deny: tuple[Network, ...] = ()
+    base: Rules | None = None
 
     def verdict(self, addr: Address) -> tuple[bool, Network] | None:
-        """(allowed, deciding range) for the most specific range holding ``addr``, or None."""
-        best: tuple[bool, Network] | None = None
+        """(allowed, deciding range) for the most specific range holding ``addr``, or None.
+        Within a layer a deny wins a tie; between layers the upper one does (an operator's
+        ``169.254.169.254/32`` allow opens the built-in ``/32`` deny)."""
+        own: tuple[bool, Network] | None = None
         for allowed, nets in ((True, self.allow), (False, self.deny)):
             for net in nets:
                 if addr.version != net.version or addr not in net:
                     continue
                 if (
-                    best is None
-                    or net.prefixlen > best[1].prefixlen
-                    or (net.prefixlen == best[1].prefixlen and not allowed)
+                    own is None
+                    or net.prefixlen > own[1].prefixlen
+                    or (net.prefixlen == own[1].prefixlen and not allowed)
                 ):
-                    best = (allowed, net)
-        return best
+                    own = (allowed, net)
+        below = self.base.verdict(addr) if self.base is not None else None
+        if own is None or (below is not None and below[1].prefixlen > own[1].prefixlen):
+            return below
+        return own
 
     def over(self, base: Rules) -> Rules:
-        """This layer's ranges added to ``base``'s."""
-        return Rules(base.allow + self.allow, base.deny + self.deny)
+        """This layer (and those under it) on top of ``base``."""
+        return Rules(self.allow, self.deny, base if self.base is None else self.base.over(base))
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,9 +196,7 @@ class PolicyResolver(AbstractResolver):
     def __init__(self, inner: AbstractResolver | None = None) -> None:
         self._inner = inner or aiohttp.DefaultResolver()
 
-    async def resolve(
-        self, host: str, port: int = 0, family: Any = 0
-    ) -> list[ResolveResult]:
+    async def resolve(self, host: str, port: int = 0, family: Any = 0) -> list[ResolveResult]:
         """The resolved addresses the current policy allows."""
         found = await self._inner.resolve(host, port, family)
         policy = current()
@@ -221,7 +226,10 @@ class GuardedConnector(aiohttp.TCPConnector):
         super().__init__(resolver=PolicyResolver(), use_dns_cache=False, **kwargs)
 
     async def connect(
-        self, req: ClientRequest, traces: Sequence[Trace], timeout: ClientTimeout
+        self,
+        req: ClientRequest,
+        traces: Sequence[Trace],
+        timeout: ClientTimeout,  # noqa: ASYNC109 - aiohttp's signature
     ) -> Connection:
         """A connection to an address the current policy allows; raises DestinationRefused."""
         policy = current()

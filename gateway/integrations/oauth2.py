@@ -174,7 +174,6 @@ class TokenCache:
         return _Token(value, time.monotonic() + lifetime - margin)
 
 
-
 def _secrets(auth: dict[str, Any]) -> frozenset[str]:
     """The client secret as a token endpoint's answer might echo it (the engine scrubs the
     recorded error again with every secret of the entry)."""
