@@ -13,7 +13,7 @@ from gateway.config import SettingsError, load_settings
 from gateway.integrations import destinations
 from gateway.integrations.destinations import Policy, Rules, parse_ranges
 from gateway.integrations.http import url_problem
-from gateway.integrations.redact import producer_error, scrub, secret_values
+from gateway.integrations.redact import CODES, producer_error, scrub, secret_values
 from gateway.mapping.errors import SpecErrors
 from gateway.mapping.model import compile_mapping
 
@@ -144,6 +144,12 @@ def test_scrub_covers_raw_encoded_and_basic_forms() -> None:
     assert "svc" not in secrets  # a user name alone is not a secret
 
 
+def test_a_reference_inside_a_longer_value_is_scrubbed_on_its_own() -> None:
+    integ = _integration("{type: none}", '{Authorization: "Token ${SIG}-and-more"}')
+    out = scrub('HTTP 403: {"unknown token": "hdr-secret-777-and-more"}', secret_values(integ))
+    assert out == 'HTTP 403: {"unknown token": "***"}'
+
+
 def test_scrub_covers_tokens_handed_out_and_json_escapes() -> None:
     integ = _integration('{type: bearer, token: "${TOKEN}"}')
     secrets = secret_values(integ, ["oauth-access-token-xyz"])
@@ -183,3 +189,12 @@ def test_producers_get_a_code_and_a_short_reason_never_the_text(
     assert gave_up[0] == code
     assert (gave_up[1] or "").startswith("gave up after 7 attempts: ")
     assert producer_error(None, None) == (None, None)
+
+
+def test_openapi_lists_every_code_producers_may_see() -> None:
+    import json
+    from importlib import resources
+
+    doc = json.loads(resources.files("gateway").joinpath("openapi.json").read_text())
+    enum = doc["components"]["schemas"]["Delivery"]["properties"]["last_error_code"]["enum"]
+    assert set(enum) == {*CODES, None}

@@ -24,6 +24,8 @@ REDACTED = "***"
 #: Shorter values are not scrubbed: they would garble every error (a 1-character password
 #: would star out each of its occurrences) and protect nothing a guess would not find.
 MIN_SECRET_CHARS = 4
+_WORDS = re.compile(r"[\s/]+")
+_WORD_CHARS = 8
 
 
 def _at(value: Any, path: tuple[Any, ...]) -> Any:
@@ -73,6 +75,11 @@ def secret_values(integration: Any, tokens: Iterable[str] = ()) -> frozenset[str
         if param.secret_keys and isinstance(value, dict):
             for key in param.secret_keys:
                 raw.update(_strings(value.get(key)))
+    # A reference inside a longer value ("Bearer ${TOKEN}", a URL path holding a token) is
+    # kept only as the whole resolved string; its longer words stand in for the secret part.
+    raw.update(
+        part for value in list(raw) for part in _WORDS.split(value) if len(part) >= _WORD_CHARS
+    )
     auth = conn.get("auth")
     if isinstance(auth, dict):
         if auth.get("username") is not None:
@@ -145,6 +152,9 @@ _KINDS: tuple[tuple[str, str, str], ...] = (
     ("group ", "INTEGRATION_UNAVAILABLE", "the group has no live mapping"),
     ("internal error", "INTERNAL_ERROR", "the gateway failed while sending"),
 )
+
+#: Every code producers may see (the OpenAPI document's ``last_error_code``).
+CODES: tuple[str, ...] = (*dict.fromkeys(code for _, code, _ in _KINDS), "DELIVERY_FAILED")
 
 
 def producer_error(error: str | None, status: int | None) -> tuple[str | None, str | None]:
