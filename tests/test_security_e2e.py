@@ -66,6 +66,45 @@ class EchoServer:
         self.server.server_close()
 
 
+class TokenServer:
+    """A real OAuth2 token endpoint handing out ``ACCESS_TOKEN``."""
+
+    def __init__(self) -> None:
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                body = json.dumps({"access_token": ACCESS_TOKEN, "expires_in": 3600}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+ACCESS_TOKEN = "oauth-access-token-from-the-endpoint-5150"
+
+
+@pytest.fixture
+def tokens() -> Iterator[TokenServer]:
+    server = TokenServer()
+    yield server
+    server.close()
+
+
 @pytest.fixture
 def echo() -> Iterator[EchoServer]:
     server = EchoServer()
@@ -135,7 +174,7 @@ NO_RETRY = "options: {retry: {max_attempts: 1}}"
 
 
 def test_echoed_credentials_never_reach_producers_and_are_scrubbed_for_operators(
-    tmp_path: Path, echo: EchoServer
+    tmp_path: Path, echo: EchoServer, tokens: TokenServer
 ) -> None:
     mapping = textwrap.dedent(
         f"""\
@@ -155,6 +194,17 @@ def test_echoed_credentials_never_reach_producers_and_are_scrubbed_for_operators
               auth: {{type: basic, username: svc, password: "${{SEC_PASSWORD}}"}}
             fields: {{email: email}}
             {NO_RETRY}
+          - name: oauth
+            type: http
+            connection:
+              url: "{echo.url}/hook"
+              auth:
+                type: oauth2_client_credentials
+                token_url: "{tokens.url}/token"
+                client_id: gw
+                client_secret: "${{SEC_PASSWORD}}"
+            fields: {{email: email}}
+            {NO_RETRY}
         """
     )
     gw = _gateway(tmp_path, mapping, SEC_API_KEY=API_KEY, SEC_PASSWORD=PASSWORD)
@@ -168,7 +218,9 @@ def test_echoed_credentials_never_reach_producers_and_are_scrubbed_for_operators
         # The receiver really got (and echoed) the credentials: the scenario of the report.
         assert API_KEY in {h.get("X-API-Key") for _, h in echo.hits}
         assert f"Basic {basic}" in {h.get("Authorization") for _, h in echo.hits}
-        for secret in (API_KEY, PASSWORD, basic):
+        assert f"Bearer {ACCESS_TOKEN}" in {h.get("Authorization") for _, h in echo.hits}
+        assert len(doc["deliveries"]) == 3
+        for secret in (API_KEY, PASSWORD, basic, ACCESS_TOKEN):
             assert secret not in raw
         for d in doc["deliveries"]:
             assert d["state"] == "dead"
@@ -177,7 +229,7 @@ def test_echoed_credentials_never_reach_producers_and_are_scrubbed_for_operators
             assert d["last_error"] == "the integration answered HTTP 400"
             admin = _admin_delivery(gw, d["id"])
             text = json.dumps(admin)
-            for secret in (API_KEY, PASSWORD, basic):
+            for secret in (API_KEY, PASSWORD, basic, ACCESS_TOKEN):
                 assert secret not in text
             # The operator still sees what the integration said, minus the secret.
             assert admin["last_error"].startswith("HTTP 400: ")

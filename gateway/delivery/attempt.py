@@ -124,7 +124,7 @@ class Attempts:
                 "error",
                 group=lane.group_key,
                 integration=lane.integration,
-                error=repr(exc),
+                error=redact.scrub(repr(exc), redact.secrets_of_lane(self, lane)),
             )
             self._settle(items, OutcomeKind.RETRY, f"internal error: {exc!r}")
         finally:
@@ -328,13 +328,11 @@ class Attempts:
         now = self._clock()
         updates = []
         c = lane.counters
-        secrets = redact.secrets_of_lane(
-            self.mappings, lane.group_key, lane.integration, self.tokens
-        )
+        secrets = redact.secrets_of_lane(self, lane)
         for it in items:
             d = it.claimed.delivery
             o = it.outcome or Outcome(d.id, OutcomeKind.RETRY, None, "no answer was read")
-            o.error = redact.scrub(o.error, secrets)  # answers may echo credentials
+            o.error = redact.scrub(o.error, secrets)
             attempts = d.attempts + 1
             attempt = Attempt(d.id, started, duration_ms, o.status, o.error, version)
             if o.kind == OutcomeKind.DELIVERED:

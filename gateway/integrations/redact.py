@@ -119,14 +119,24 @@ def scrub(text: str | None, secrets: Iterable[str]) -> str | None:
     return text
 
 
-def secrets_of_lane(mappings: Any, group_key: str, name: str, tokens: Any) -> frozenset[str]:
-    """:func:`secret_values` of the entry a lane delivers to, as the registry has it now,
-    with the OAuth2 tokens the cache handed out for it."""
-    mapping = mappings.get(group_key)
-    integration = mapping.integration(name) if mapping is not None else None
+def secrets_of_lane(engine: Any, lane: Any) -> frozenset[str]:
+    """:func:`secret_values` of the entry a delivery engine's lane sends to, as the engine's
+    mapping registry has it now, with the OAuth2 tokens its cache handed out for it."""
+    mapping = engine.mappings.get(lane.group_key)
+    integration = mapping.integration(lane.integration) if mapping is not None else None
     if integration is None:
         return frozenset()
-    return secret_values(integration, tokens.known(integration))
+    # Every attempt asks; the entry's own secrets change only with a new mapping version.
+    cached = _by_entry.get(id(integration))
+    if cached is None or cached[0] is not integration:
+        if len(_by_entry) > 1000:
+            _by_entry.clear()
+        cached = _by_entry[id(integration)] = (integration, secret_values(integration))
+    tokens = engine.tokens.known(integration)
+    return cached[1] | variants(tokens) if tokens else cached[1]
+
+
+_by_entry: dict[int, tuple[Any, frozenset[str]]] = {}
 
 
 # -- what producers see ------------------------------------------------------------------
