@@ -183,9 +183,10 @@ def current() -> Policy:
     return _current.get() or Policy(_gateway_rules)
 
 
-def _refused(host: str, why: str) -> DestinationRefused:
+def _refused(what: str) -> DestinationRefused:
     return DestinationRefused(
-        f"destination refused: {host}: {why} (see the destination policy in docs/security.md)"
+        f"destination refused: {what} (settings GATEWAY_DESTINATIONS_ALLOW and _DENY, the "
+        "entry's options.destinations)"
     )
 
 
@@ -208,7 +209,7 @@ class PolicyResolver(AbstractResolver):
             else:
                 why = why or refusal
         if not allowed:
-            raise _refused(host, f"resolves to {why}")
+            raise _refused(f"{host} resolves only to denied addresses: {why}")
         return allowed
 
     async def close(self) -> None:
@@ -222,7 +223,6 @@ class GuardedConnector(aiohttp.TCPConnector):
     each connection it hands out, new or pooled, before a request is written on it."""
 
     def __init__(self, **kwargs: Any) -> None:
-        kwargs.pop("ttl_dns_cache", None)
         super().__init__(resolver=PolicyResolver(), use_dns_cache=False, **kwargs)
 
     async def connect(
@@ -237,7 +237,7 @@ class GuardedConnector(aiohttp.TCPConnector):
         if _is_ip(host):  # aiohttp does not resolve address literals: check before connecting
             why = policy.refusal(host)
             if why is not None:
-                raise _refused(host, why)
+                raise _refused(why)
         conn = await super().connect(req, list(traces), timeout)
         transport = conn.transport
         peer = transport.get_extra_info("peername") if transport is not None else None
@@ -245,7 +245,7 @@ class GuardedConnector(aiohttp.TCPConnector):
             why = policy.refusal(str(peer[0]))
             if why is not None:
                 conn.close()
-                raise _refused(host, f"connected to {why}")
+                raise _refused(f"{host} connected to a denied address: {why}")
         return conn
 
 
