@@ -335,8 +335,8 @@ def check(
             for key in AUTH_NEEDS[kind]:
                 if auth.get(key) in (None, ""):
                     out.append((f"connection.auth.{key}", f"required for auth type {kind}"))
-    url = str(connection.get("url", ""))
-    problem = url_problem(url, connection.get("allow_host_placeholders") is True)
+    url = str(connection.get("url") or "")
+    problem = url_problem(url, connection.get("allow_host_placeholders") is True) if url else None
     if problem is not None:
         out.append(("connection.url", problem))
     # As written, ${ENV} references are still in the URL; their braces are not placeholders.
