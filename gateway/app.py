@@ -22,6 +22,7 @@ from gateway.errors import ApiError, json_response
 from gateway.ingest import api
 from gateway.ingest.ratelimit import KeyedLimiter
 from gateway.ingest.validate import Limits
+from gateway.integrations import destinations
 from gateway.mapping.loader import MappingRegistry
 from gateway.mapping.watch import MappingReloader
 from gateway.metrics import METRICS, Metrics, calls_both, metrics_handler
@@ -139,6 +140,7 @@ async def openapi(request: web.Request) -> web.Response:
 def create_app(settings: Settings, store: Store | None = None) -> web.Application:
     """Build the application. ``store`` defaults to the one ``settings`` names, opened on start."""
     logs.set_level(settings.log_level)
+    destinations.configure(settings.destinations_allow, settings.destinations_deny)
     the_store = store or open_store(
         settings.store_url,
         synchronous=settings.sqlite_synchronous,

@@ -11,7 +11,15 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 ENV_PREFIX = "GATEWAY_"
 
@@ -96,6 +104,24 @@ class Settings(BaseModel):
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Log level."
     )
+    destinations_allow: str = Field(
+        "",
+        description="Address ranges deliveries may go to although denied otherwise (CIDRs or "
+        "loopback, private, link-local, metadata; comma-separated), e.g. 169.254.169.254/32.",
+    )
+    destinations_deny: str = Field(
+        "",
+        description="Address ranges deliveries may not go to, on top of link-local and cloud "
+        "metadata (always denied unless allowed), e.g. loopback,private.",
+    )
+
+    @field_validator("destinations_allow", "destinations_deny")
+    @classmethod
+    def _ranges(cls, v: str) -> str:
+        from gateway.integrations.destinations import parse_ranges
+
+        parse_ranges(v)  # a ValueError names the bad item
+        return v
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:

@@ -22,6 +22,7 @@ from gateway import logs
 from gateway.delivery import policy
 from gateway.delivery.breaker import BreakerState
 from gateway.delivery.lane import Lane, LaneConfig
+from gateway.integrations import destinations, redact
 from gateway.integrations.base import (
     BuildErrors,
     BuildUnavailable,
@@ -123,7 +124,7 @@ class Attempts:
                 "error",
                 group=lane.group_key,
                 integration=lane.integration,
-                error=repr(exc),
+                error=redact.scrub(repr(exc), redact.secrets_of_lane(self, lane)),
             )
             self._settle(items, OutcomeKind.RETRY, f"internal error: {exc!r}")
         finally:
@@ -144,6 +145,7 @@ class Attempts:
                 it.outcome = Outcome(it.claimed.delivery.id, kind, status, error)
 
     async def _send(self, lane: Lane, integration: Any, items: list[_Item]) -> None:
+        destinations.use(integration)  # this attempt's connections: the entry's policy
         for it in items:
             try:
                 it.fields = integration.map(orjson.loads(it.claimed.data_json))
@@ -254,9 +256,8 @@ class Attempts:
         self, integration: Any, request: OutboundRequest, response: Response | TransportError
     ) -> list[Outcome]:
         if isinstance(response, TransportError):
-            return [
-                Outcome(d, OutcomeKind.RETRY, None, str(response)) for d in request.delivery_ids
-            ]
+            kind = OutcomeKind.PERMANENT if response.permanent else OutcomeKind.RETRY
+            return [Outcome(d, kind, None, str(response)) for d in request.delivery_ids]
         server_wait = policy.wait_from_headers(response.headers, self._clock())
         by_status = outcomes_by_status(request, response, server_wait)
         read = integration.type.read
@@ -281,7 +282,7 @@ class Attempts:
         now = time.monotonic()
         before = lane.breaker.state(now)
         if isinstance(response, TransportError):
-            ok = False
+            ok = response.permanent  # a refused destination says nothing of the integration
         else:
             ok = not (response.status >= 500 or response.status == 408)
             if response.status == 429:
@@ -327,9 +328,11 @@ class Attempts:
         now = self._clock()
         updates = []
         c = lane.counters
+        secrets = redact.secrets_of_lane(self, lane)
         for it in items:
             d = it.claimed.delivery
             o = it.outcome or Outcome(d.id, OutcomeKind.RETRY, None, "no answer was read")
+            o.error = redact.scrub(o.error, secrets)
             attempts = d.attempts + 1
             attempt = Attempt(d.id, started, duration_ms, o.status, o.error, version)
             if o.kind == OutcomeKind.DELIVERED:

@@ -24,6 +24,7 @@ from gateway.ids import delivery_id, record_id
 from gateway.ingest import idempotency
 from gateway.ingest.ratelimit import KeyedLimiter
 from gateway.ingest.validate import Limits, validate_record
+from gateway.integrations.redact import for_producer
 from gateway.mapping.loader import MappingRegistry
 from gateway.store.base import (
     Delivery,
@@ -321,7 +322,8 @@ async def get_record(request: web.Request) -> web.Response:
             "received_at": iso(rec.received_at),
             "mapping_version": rec.mapping_version,
             "data": orjson.Fragment(rec.data_json),
-            "deliveries": [delivery_view(d) for d in rec.deliveries],
+            # Producers get a code and a short reason, never the integration's answer.
+            "deliveries": [for_producer(delivery_view(d)) for d in rec.deliveries],
         }
     )
 

@@ -18,7 +18,7 @@ import hmac
 import re
 import time
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import orjson
 
@@ -43,6 +43,43 @@ AUTH_TYPES = (
     "standard_webhooks",
     "sigv4",
 )
+
+
+_AUTHORITY = re.compile(r"^(?P<scheme>[^:/?#]*):(?://(?P<authority>[^/?#]*))?")
+_REFERENCE = re.compile(r"\$\{[^}]*\}")
+
+
+def url_problem(template: str, allow_host_placeholders: bool = False) -> str | None:
+    """What is wrong with an ``http`` URL template, or None: it must be ``http://`` or
+    ``https://`` with a host, and ``{field}`` placeholders may fill its scheme, host or port
+    only when the entry opts in (else a record would choose where the credentials go).
+
+    An unresolved ``${...}`` reference stands for operator-given text; a template that starts
+    with one is checked once resolved (when the delivery is built)."""
+    if template.startswith("${"):
+        return None
+    text = _REFERENCE.sub("ref", template)
+    m = _AUTHORITY.match(text)
+    head = m.group(0) if m else text.split("/", 1)[0]
+    if placeholders(head) and not allow_host_placeholders:
+        return (
+            "{field} placeholders may not fill the scheme, host or port; set "
+            "connection.allow_host_placeholders: true to let records choose the host (the "
+            "destination policy still applies)"
+        )
+    scheme = m.group("scheme").lower() if m else ""
+    if scheme and not placeholders(scheme) and scheme not in ("http", "https"):
+        return f"must be an http:// or https:// URL, not {scheme}:"
+    if m is None or not m.group("authority"):
+        return "must be an http:// or https:// URL with a host"
+    return None
+
+
+def _filled_url_problem(url: str) -> str | None:
+    parts = urlsplit(url)
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        return "the URL filled from the record is not an http:// or https:// URL with a host"
+    return None
 
 
 def placeholders(template: str) -> list[str]:
@@ -221,14 +258,24 @@ def build(
     array = settings.get("body", "object") == "array"
     when = time.time() if now is None else now
 
+    template = str(conn["url"])
+    opted_in = conn.get("allow_host_placeholders") is True
+    problem = url_problem(template, opted_in)
+    if problem is not None:  # a resolved ${...} may have brought it; refused for every record
+        raise ValueError(f"connection.url {problem}")
     planned: list[tuple[str, list[tuple[str, dict[str, Any]]]]] = []  # (url, its records)
     by_url: dict[str, list[tuple[str, dict[str, Any]]]] = {}
     failed: dict[str, Any] = {}
     for delivery_id, fields in batch:
         try:
-            url = fill_url(str(conn["url"]), fields)
+            url = fill_url(template, fields)
         except MappingError as exc:
             failed[delivery_id] = exc.with_context(
+                source="connection.url", integration=integration.name
+            )
+            continue
+        if opted_in and (problem := _filled_url_problem(url)) is not None:
+            failed[delivery_id] = MappingError(problem).with_context(
                 source="connection.url", integration=integration.name
             )
             continue
@@ -288,8 +335,12 @@ def check(
             for key in AUTH_NEEDS[kind]:
                 if auth.get(key) in (None, ""):
                     out.append((f"connection.auth.{key}", f"required for auth type {kind}"))
+    url = str(connection.get("url") or "")
+    problem = url_problem(url, connection.get("allow_host_placeholders") is True) if url else None
+    if problem is not None:
+        out.append(("connection.url", problem))
     # As written, ${ENV} references are still in the URL; their braces are not placeholders.
-    for name in placeholders(re.sub(r"\$\{[^}]*\}", "", str(connection.get("url", "")))):
+    for name in placeholders(_REFERENCE.sub("", url)):
         if name not in fields:
             out.append(("connection.url", f"placeholder {{{name}}} is not a mapped field"))
     return out
@@ -336,6 +387,14 @@ HTTP = register(
             ),
             Param("connect_timeout", "number", "Seconds to connect.", default=5),
             Param("read_timeout", "number", "Seconds to wait for the answer.", default=30),
+            Param(
+                "allow_host_placeholders",
+                "boolean",
+                "Let {field} placeholders fill the URL's scheme, host or port: records then "
+                "choose where the request and its credentials go (the destination policy "
+                "still applies; see docs/security.md).",
+                default=False,
+            ),
             Param(
                 "insecure_skip_tls_verify",
                 "boolean",

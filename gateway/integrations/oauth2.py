@@ -4,6 +4,12 @@ Tokens are cached per (token URL, client id, scope) until shortly before they ex
 fetched by one caller at a time (concurrent requests of a lane wait for the same fetch). A 401
 from the integration drops the cached token so the next build fetches a fresh one; the engine
 retries that request once.
+
+Token requests never follow redirects: a ``3xx`` would have the client re-send its secret to
+wherever the ``Location`` points (aiohttp keeps the body of a 307/308 and, to the same
+origin, the ``Authorization`` header). A redirect is a permanent error that names the status.
+The access tokens handed out are remembered (the current and a few refused ones) so errors
+that echo them can be scrubbed (:mod:`gateway.integrations.redact`).
 """
 
 from __future__ import annotations
@@ -17,9 +23,14 @@ from typing import Any
 import aiohttp
 import orjson
 
+from gateway.integrations import redact
+from gateway.integrations.destinations import DestinationRefused
+
 #: Refresh this long before the token's stated expiry (clocks and in-flight requests).
 EXPIRY_MARGIN = 60.0
 DEFAULT_LIFETIME = 3600.0
+#: Refused tokens remembered per key for scrubbing (a late echo of an old token).
+_REMEMBERED = 4
 
 
 class TokenError(Exception):
@@ -51,6 +62,7 @@ class TokenCache:
         self._session = session
         self._tokens: dict[tuple[str, str, str], _Token] = {}
         self._locks: dict[tuple[str, str, str], asyncio.Lock] = {}
+        self._old: dict[tuple[str, str, str], list[str]] = {}
         self.fetches = 0  # token requests made (tests, metrics)
 
     @staticmethod
@@ -74,6 +86,17 @@ class TokenCache:
         token = self._tokens.get(key)
         if token is not None and (refused is None or token.value == refused):
             del self._tokens[key]
+            self._old[key] = [*self._old.get(key, []), token.value][-_REMEMBERED:]
+
+    def known(self, integration: Any) -> list[str]:
+        """The access tokens handed out for the integration that may still be echoed: the
+        current one and the last few refused ones (for scrubbing error texts)."""
+        auth = integration.connection.value.get("auth") if self.needs_token(integration) else None
+        if not isinstance(auth, dict):
+            return []
+        key = _key(auth)
+        token = self._tokens.get(key)
+        return [*self._old.get(key, []), *([token.value] if token is not None else [])]
 
     async def ensure(self, integration: Any, session: aiohttp.ClientSession) -> None:
         """Have a token that is good for a while yet, fetching one if needed."""
@@ -115,15 +138,25 @@ class TokenCache:
                 data=form,
                 headers=headers,
                 timeout=aiohttp.ClientTimeout(total=30),
+                # Following a redirect would re-send client_secret to another origin.
+                allow_redirects=False,
             ) as resp:
                 body = await resp.read()
                 status = resp.status
+        except DestinationRefused as exc:
+            raise TokenError(f"OAuth2 token endpoint: {exc}", permanent=True) from None
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise TokenError(
                 f"OAuth2 token endpoint: {exc or type(exc).__name__}", permanent=False
             ) from None
+        if 300 <= status < 400:
+            raise TokenError(
+                f"OAuth2 token endpoint answered HTTP {status} (a redirect); token requests "
+                "do not follow redirects: set connection.auth.token_url to the final URL",
+                permanent=True,
+            )
         if status != 200:
-            text = body[:300].decode("utf-8", "replace")
+            text = redact.scrub(body[:300].decode("utf-8", "replace"), _secrets(auth)) or ""
             # 400/401 (invalid_client, invalid_scope...) will not pass by waiting; the rest may.
             permanent = status in (400, 401, 403)
             raise TokenError(
@@ -139,3 +172,10 @@ class TokenCache:
             ) from None
         margin = min(EXPIRY_MARGIN, lifetime / 10)
         return _Token(value, time.monotonic() + lifetime - margin)
+
+
+def _secrets(auth: dict[str, Any]) -> frozenset[str]:
+    """The client secret as a token endpoint's answer might echo it (the engine scrubs the
+    recorded error again with every secret of the entry)."""
+    secret = str(auth.get("client_secret") or "")
+    return redact.variants([secret, f"{auth.get('client_id', '')}:{secret}"] if secret else [])

@@ -31,6 +31,8 @@ _ERROR_BODY_CHARS = 300
 class TransportError(Exception):
     """The request got no answer (connection, timeout, local I/O); worth retrying."""
 
+    permanent = False  # True for a refused destination (destinations.DestinationRefused)
+
 
 @dataclass(frozen=True, slots=True)
 class Timeouts:
@@ -51,8 +53,11 @@ class Transport:
 
     def client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            # limit=0: no pool-wide cap (lanes limit themselves); keep-alive per host.
-            connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=60)
+            from gateway.integrations.destinations import GuardedConnector
+
+            # limit=0: no pool-wide cap (lanes limit themselves); keep-alive per host. Every
+            # connection is checked against the destination policy (destinations.py).
+            connector = GuardedConnector(limit=0, limit_per_host=0)
             self._session = aiohttp.ClientSession(
                 connector=connector,
                 headers={"User-Agent": self._user_agent},

@@ -81,6 +81,26 @@ class BreakerOptions(BaseModel):
         return parse_duration(v)
 
 
+class DestinationOptions(BaseModel):
+    """Address ranges this entry may (not) deliver to; it can only narrow the gateway's own
+    destination policy (docs/security.md)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    allow: list[str] = Field(
+        default_factory=list, description="Ranges allowed despite a broader deny of this entry."
+    )
+    deny: list[str] = Field(default_factory=list, description="Ranges denied (CIDRs or aliases).")
+
+    @field_validator("allow", "deny")
+    @classmethod
+    def _ranges(cls, v: list[str]) -> list[str]:
+        from gateway.integrations.destinations import parse_ranges
+
+        parse_ranges(v)  # a ValueError names the bad item
+        return v
+
+
 class DeliveryOptions(BaseModel):
     """Delivery behaviour of one integration entry; unset values take the type's defaults."""
 
@@ -95,6 +115,9 @@ class DeliveryOptions(BaseModel):
     breaker: BreakerOptions = Field(default_factory=BreakerOptions)
     ordering_key: str | None = Field(
         None, description="Attribute whose equal values are delivered in order."
+    )
+    destinations: DestinationOptions | None = Field(
+        None, description="This entry's destination policy, within the gateway's."
     )
 
     @field_validator("rate_limit", mode="before")
