@@ -113,6 +113,7 @@ def signed_raw(
     url, signed = sign(method, gw.url + path, body, headers, key=creds[0], secret=creds[1])
     target = urlsplit(url)
     lines = [f"{method} {target.path}{'?' + target.query if target.query else ''} HTTP/1.1"]
+    signed.setdefault("Host", target.netloc)
     signed.setdefault("Content-Length", str(len(body)))
     lines += [f"{k}: {v}" for k, v in signed.items()]
     return ("\r\n".join(lines) + "\r\n\r\n").encode(), body
@@ -123,7 +124,9 @@ def record(data: Any = None, group: str = "demo") -> bytes:
 
 
 def post(gw: GatewayProcess, creds: tuple[str, str], path: str, body: bytes, headers=None):
-    url, signed = sign("POST", gw.url + path, body, headers or JSON, key=creds[0], secret=creds[1])
+    if headers is None:
+        headers = JSON
+    url, signed = sign("POST", gw.url + path, body, headers, key=creds[0], secret=creds[1])
     return requests.post(url, data=body, headers=signed, timeout=10)
 
 
@@ -212,6 +215,8 @@ def test_global_in_flight_budget_answers_503(tmp_path: Path) -> None:
     g = GatewayProcess(
         tmp_path,
         GATEWAY_MAX_INFLIGHT_BYTES="20000",
+        GATEWAY_MAX_BODY_BYTES="20000",
+        GATEWAY_MAX_BATCH_BYTES="20000",
         GATEWAY_BODY_TIMEOUT="3",
         GATEWAY_DELIVERY="false",
     )
@@ -348,13 +353,17 @@ def test_http_parser_errors_answer_the_envelope_without_echoing(
 
 def test_a_body_longer_than_its_content_length_gets_the_envelope(gw: GatewayProcess) -> None:
     # The extra bytes are read as the next request, whose request line is garbage.
-    answer = raw(
-        gw,
-        b"POST /nope HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nab"
-        + f"{MARK} junk\r\n\r\n".encode(),
-    )
-    second = answer[answer.index(b"HTTP/1.1", 10) :]
-    status, _err = envelope(second)
+    answer = b""
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as s:
+        s.sendall(
+            b"POST /nope HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nab"
+            + f"{MARK} junk\r\n\r\n".encode()
+        )
+        while chunk := s.recv(65536):  # both answers, until the server closes
+            answer += chunk
+    # aiohttp may drop the valid first request along with the garbage (one parser call).
+    last = answer[answer.rindex(b"HTTP/1.") :]
+    status, _err = envelope(last)
     assert status == 400
     assert MARK.lower().encode() not in answer.lower()
 

@@ -340,7 +340,7 @@ def _iso_epoch(value: str) -> int | None:
     year, month, day, hour, minute, second = map(int, m.groups())
     if not (1 <= month <= 12 and year >= 1 and hour < 24 and minute < 60 and second < 60):
         return None
-    if not 1 <= day <= calendar.mdays[month] + (month == 2 and calendar.isleap(year)):
+    if not 1 <= day <= calendar.monthrange(year, month)[1]:
         return None
     # Slicing plus timegm is an order of magnitude faster than strptime, on every request.
     return calendar.timegm((year, month, day, hour, minute, second, 0, 0, 0))

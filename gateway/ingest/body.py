@@ -104,9 +104,9 @@ def too_large(limit: int, what: str = "request body") -> ApiError:
     return ApiError(413, "PAYLOAD_TOO_LARGE", f"{what} is over the limit of {limit} bytes")
 
 
-async def read_body(request: web.Request, limit: int, held: Held, timeout: float) -> bytes:
+async def read_body(request: web.Request, limit: int, held: Held, time_limit: float) -> bytes:
     """The body as sent (still encoded): at most ``limit`` bytes (413 before reading when the
-    Content-Length says more), complete within ``timeout`` seconds (408), counted in ``held``
+    Content-Length says more), complete within ``time_limit`` seconds (408), counted in ``held``
     (503 when the budget is spent). A client that disconnects raises :class:`ClientGone`."""
     length = request.content_length
     if length is not None:
@@ -133,7 +133,7 @@ async def read_body(request: web.Request, limit: int, held: Held, timeout: float
             if length is None:
                 held.take(size)
         else:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(time_limit):
                 while chunk := await content.readany():
                     size += len(chunk)
                     if size > limit:
@@ -146,7 +146,7 @@ async def read_body(request: web.Request, limit: int, held: Held, timeout: float
         raise ApiError(
             408,
             "REQUEST_TIMEOUT",
-            f"the request body did not arrive within {timeout:g} s",
+            f"the request body did not arrive within {time_limit:g} s",
             headers={"Connection": "close"},
         ) from None
     except ConnectionError:

@@ -23,16 +23,16 @@ _NAME_ECHO = 32  # how much of an over-long name a message quotes back
 class Problems(list[dict[str, str]]):
     """``{"field", "message"}`` entries, listing the first ``cap`` and counting all."""
 
-    __slots__ = ("cap", "count")
+    __slots__ = ("cap", "total")
 
     def __init__(self, cap: int = MAX_LISTED) -> None:
         super().__init__()
         self.cap = cap
-        self.count = 0
+        self.total = 0
 
     def add(self, field: str, message: str) -> None:
         """Count a problem; list it while fewer than ``cap`` are listed."""
-        self.count += 1
+        self.total += 1
         if len(self) < self.cap:
             self.append({"field": field, "message": message})
 
@@ -114,7 +114,7 @@ def validate_record(
 ) -> tuple[str | None, dict[str, Any], Problems]:
     """Check one ``{"data": ..., "group_key": ...}`` object, listing at most ``cap`` problems.
 
-    Returns ``(group_key, data, errors)``; the record is valid when ``errors.count`` is 0.
+    Returns ``(group_key, data, errors)``; the record is valid when ``errors.total`` is 0.
     """
     errors = Problems(cap)
     if not isinstance(obj, dict):
