@@ -7,6 +7,7 @@ Content-Lengths, oversized headers. Each test first reproduced its defect on the
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import re
 import socket
@@ -240,6 +241,28 @@ def test_global_in_flight_budget_answers_503(tmp_path: Path) -> None:
         assert post(g, creds, "/v1/records", big).status_code == 202
     finally:
         g.stop()
+
+
+def test_a_signed_payload_hash_lets_a_bad_signature_be_refused_before_the_body(
+    gw: GatewayProcess, creds: tuple[str, str]
+) -> None:
+    body = record({"a": "q" * 5000})
+    sha = {**JSON, "X-Amz-Content-SHA256": hashlib.sha256(body).hexdigest()}
+    wrong = (creds[0], creds[1][::-1])
+    head, _ = signed_raw(gw, wrong, "/v1/records", body, sha)
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as s:
+        s.sendall(head)  # the body never comes: the answer must not wait for it
+        status, err = envelope(read_all(s))
+    assert (status, err["code"]) == (401, "SIGNATURE_DOES_NOT_MATCH")
+    assert time.monotonic() - started < BODY_TIMEOUT
+    # Signed correctly, the same request is accepted; a body other than the one declared is not.
+    head, _ = signed_raw(gw, creds, "/v1/records", body, sha)
+    status, _, _ = parse(raw(gw, head + body))
+    assert status == 202
+    other = record({"a": "r" * 5000})
+    status, err = envelope(raw(gw, head + other))
+    assert (status, err["code"]) == (400, "CONTENT_SHA256_MISMATCH")
 
 
 # -- item 6: a client disconnecting mid-upload ---------------------------------------------------
