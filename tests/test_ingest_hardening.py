@@ -265,6 +265,22 @@ def test_a_signed_payload_hash_lets_a_bad_signature_be_refused_before_the_body(
     assert (status, err["code"]) == (400, "CONTENT_SHA256_MISMATCH")
 
 
+def test_a_chunked_body_arriving_in_pieces_is_accepted(
+    gw: GatewayProcess, creds: tuple[str, str]
+) -> None:
+    body = record({"chunked": "yes " * 100})
+    head, _ = signed_raw(gw, creds, "/v1/records", body, JSON)
+    head = head.replace(f"Content-Length: {len(body)}".encode(), b"Transfer-Encoding: chunked")
+    half = len(body) // 2
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as s:
+        s.sendall(head + b"%x\r\n%s\r\n" % (half, body[:half]))
+        time.sleep(0.3)
+        rest = body[half:]
+        s.sendall(b"%x\r\n%s\r\n0\r\n\r\n" % (len(rest), rest))
+        status, _, answer = parse(read_all(s))
+    assert status == 202, answer
+
+
 # -- item 6: a client disconnecting mid-upload ---------------------------------------------------
 
 
