@@ -155,13 +155,13 @@ def _check_record(
                 "UNKNOWN_GROUP",
                 f"Group '{group_key}' is not live: its mapping file has errors (the operator "
                 "sees them in /readyz and `gateway check`)",
-                errors=[{"field": "group_key", "message": "mapping file has errors"}],
+                errors=[{"field": "group_key", "message": "mapping file has errors"}][:cap],
             )
         raise ApiError(
             422,
             "UNKNOWN_GROUP",
             f"Unknown group '{group_key}': there is no mapping file for it",
-            errors=[{"field": "group_key", "message": "no such group"}],
+            errors=[{"field": "group_key", "message": "no such group"}][:cap],
         )
     return group_key, data, mapping.fan_out(data), mapping.version
 
