@@ -1,7 +1,9 @@
 """Producer-facing HTTP hardening (issue 11), against a real ``gateway serve``.
 
 Raw sockets send what client libraries refuse to: half-sent bodies, gzip bombs, two
-Content-Lengths, oversized headers. Each test first reproduced its defect on the old code.
+Content-Lengths, oversized headers. The tests of defects failed on the code before the fix
+(the gzip bombs took it from 70 MB to 454 MB in a second, 568 MB after the attackers left); a
+few (64-bit integers kept exactly, UTF-8 accepted, colons in strings) guard what must not change.
 """
 
 from __future__ import annotations
