@@ -19,7 +19,8 @@ from gateway.auth.sigv4 import SigV4Verifier
 from gateway.config import Settings
 from gateway.delivery.engine import ENGINE, DeliveryEngine, EngineSettings
 from gateway.errors import ApiError, json_response
-from gateway.ingest import api
+from gateway.ingest import api, protocol
+from gateway.ingest.body import BodyBudget
 from gateway.ingest.ratelimit import KeyedLimiter
 from gateway.ingest.validate import Limits
 from gateway.integrations import destinations
@@ -153,7 +154,9 @@ def create_app(settings: Settings, store: Store | None = None) -> web.Applicatio
     app = web.Application(
         middlewares=[envelope_and_log],
         client_max_size=max(settings.max_body_bytes, settings.max_batch_bytes),
+        handler_args=protocol.HANDLER_ARGS,
     )
+    protocol.install(app)
     app[SETTINGS] = settings
     app[STORE] = the_store
     app[MAPPINGS] = mappings
@@ -187,6 +190,8 @@ def create_app(settings: Settings, store: Store | None = None) -> web.Applicatio
         max_body_bytes=settings.max_body_bytes,
         max_batch_bytes=settings.max_batch_bytes,
         max_batch_records=settings.max_batch_records,
+        budget=BodyBudget(settings.max_inflight_bytes),
+        body_timeout=settings.body_timeout,
         idempotency_ttl=settings.idempotency_ttl,
         signature_ttl=2 * settings.clock_skew,
         on_commit=(

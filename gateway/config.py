@@ -54,6 +54,15 @@ class Settings(BaseModel):
     max_body_bytes: int = Field(1 << 20, gt=0, description="Largest single-record request body.")
     max_batch_bytes: int = Field(5 << 20, gt=0, description="Largest batch request body.")
     max_batch_records: int = Field(1000, gt=0, description="Most records in one batch.")
+    max_inflight_bytes: int = Field(
+        128 << 20,
+        gt=0,
+        description="Request body bytes (as sent and decompressed) held by all requests of a "
+        "process together; beyond it producers get 503 OVERLOADED.",
+    )
+    body_timeout: float = Field(
+        60.0, gt=0, description="Seconds a request body may take to arrive; then 408."
+    )
     max_attributes: int = Field(200, gt=0, description="Most attributes in one record.")
     max_key_length: int = Field(128, gt=0, description="Longest attribute name, in characters.")
     max_value_length: int = Field(
@@ -130,6 +139,11 @@ class Settings(BaseModel):
             raise ValueError(
                 f"max_pending_writes ({self.max_pending_writes}) must be at least "
                 f"max_batch_records ({self.max_batch_records})"
+            )
+        if self.max_inflight_bytes < max(self.max_body_bytes, self.max_batch_bytes):
+            raise ValueError(
+                f"max_inflight_bytes ({self.max_inflight_bytes}) must be at least the largest "
+                "request body allowed (max_body_bytes, max_batch_bytes)"
             )
         return self
 

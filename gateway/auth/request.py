@@ -1,4 +1,11 @@
-"""Authenticating an aiohttp request: SigV4 verification against the key ring."""
+"""Authenticating an aiohttp request: SigV4 verification against the key ring.
+
+In two steps, so that a request is refused before its body costs memory or time:
+:func:`authenticate_head` checks everything the headers carry (structure, dates, scope, that
+the key exists and is not revoked, and the signature itself when a signed
+``x-amz-content-sha256`` declares the payload hash); :func:`authenticate_body` finishes with the
+body read (its hash, and the signature when it could not be checked before).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +16,7 @@ from aiohttp import web
 
 from gateway import logs
 from gateway.auth.keys import ActiveKey, KeyRing
-from gateway.auth.sigv4 import SigV4Error, SigV4Request, SigV4Verifier
+from gateway.auth.sigv4 import ParsedAuth, SigV4Error, SigV4Request, SigV4Verifier
 from gateway.errors import ApiError
 
 
@@ -26,6 +33,18 @@ class Principal:
         return self.key.access_key_id
 
 
+@dataclass(slots=True)
+class Claimant:
+    """A request whose headers passed :func:`authenticate_head`; its body is not read yet."""
+
+    sreq: SigV4Request
+    auth: ParsedAuth
+    key: ActiveKey
+    # True once the signature is verified (over the declared payload hash): the sender holds
+    # the secret, so its body may cost more than an anonymous one.
+    verified: bool
+
+
 def sigv4_request(request: web.Request, body: bytes) -> SigV4Request:
     """The raw request as the verifier reads it: path still encoded, headers as sent."""
     path, _, query = request.raw_path.partition("?")
@@ -33,13 +52,18 @@ def sigv4_request(request: web.Request, body: bytes) -> SigV4Request:
     return SigV4Request(request.method, path, query, headers, body)
 
 
-async def authenticate(
-    verifier: SigV4Verifier, keys: KeyRing, request: web.Request, body: bytes
-) -> Principal:
-    """Verify the request's SigV4 signature; raise :class:`ApiError` (401) when it fails."""
-    sreq = sigv4_request(request, body)
+def _api_error(exc: SigV4Error) -> ApiError:
+    return ApiError(exc.status, exc.code, exc.message, extra=exc.extra)
+
+
+async def authenticate_head(
+    verifier: SigV4Verifier, keys: KeyRing, request: web.Request
+) -> Claimant:
+    """Check the request's credentials from its headers alone; raise :class:`ApiError` (401,
+    or 400 for a refused payload hash) when they fail."""
+    sreq = sigv4_request(request, b"")
     try:
-        auth = verifier.parse(sreq, time.time())
+        auth = verifier.parse_head(sreq, time.time())
         key = await keys.get(auth.access_key_id)
         if key is None:
             raise ApiError(
@@ -51,8 +75,35 @@ async def authenticate(
             raise ApiError(
                 401, "ACCESS_KEY_REVOKED", f"The access key {key.access_key_id} has been revoked."
             )
-        verifier.verify(sreq, auth, key.secret)
+        declared = verifier.signed_content_sha256(auth)
+        if declared is not None:
+            verifier.verify(sreq, auth, key.secret, payload_hash=declared)
     except SigV4Error as exc:
-        raise ApiError(exc.status, exc.code, exc.message, extra=exc.extra) from None
-    logs.info(request).access_key_id = key.access_key_id
-    return Principal(key, auth.signature)
+        raise _api_error(exc) from None
+    return Claimant(sreq, auth, key, declared is not None)
+
+
+def authenticate_body(
+    verifier: SigV4Verifier, claimant: Claimant, request: web.Request, body: bytes
+) -> Principal:
+    """Finish :func:`authenticate_head` with the body as received (before any decompression:
+    a signer signs the bytes it sends)."""
+    sreq = claimant.sreq
+    sreq.body = body
+    try:
+        verifier.check_payload(claimant.auth, body)
+        if not claimant.verified:
+            verifier.verify(sreq, claimant.auth, claimant.key.secret)
+    except SigV4Error as exc:
+        raise _api_error(exc) from None
+    logs.info(request).access_key_id = claimant.key.access_key_id
+    return Principal(claimant.key, claimant.auth.signature)
+
+
+async def authenticate(
+    verifier: SigV4Verifier, keys: KeyRing, request: web.Request, body: bytes
+) -> Principal:
+    """Verify the request's SigV4 signature over ``body``; raise :class:`ApiError` (401) when
+    it fails. Both steps at once, for a body already read."""
+    claimant = await authenticate_head(verifier, keys, request)
+    return authenticate_body(verifier, claimant, request, body)

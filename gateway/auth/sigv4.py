@@ -122,6 +122,8 @@ class ParsedAuth:
     signature: str
     presigned: bool
     session_token: str | None = None
+    # The x-amz-content-sha256 header as sent (None when absent), checked by check_payload.
+    content_sha256: str | None = None
     # The body hash parse() computed, with the very bytes object it hashed: verify() reuses it
     # only for that same (immutable) object, so a different body can never ride on a stale hash.
     _payload: tuple[bytes, str] | None = field(default=None, repr=False, compare=False)
@@ -338,7 +340,7 @@ def _iso_epoch(value: str) -> int | None:
     year, month, day, hour, minute, second = map(int, m.groups())
     if not (1 <= month <= 12 and year >= 1 and hour < 24 and minute < 60 and second < 60):
         return None
-    if not 1 <= day <= calendar.mdays[month] + (month == 2 and calendar.isleap(year)):
+    if not 1 <= day <= calendar.monthrange(year, month)[1]:
         return None
     # Slicing plus timegm is an order of magnitude faster than strptime, on every request.
     return calendar.timegm((year, month, day, hour, minute, second, 0, 0, 0))
@@ -432,6 +434,17 @@ class SigV4Verifier:
 
         Needs no secret. Raises :class:`SigV4Error` and nothing else, whatever the input.
         """
+        auth = self.parse_head(req, now)
+        self.check_payload(auth, req.body)
+        return auth
+
+    def parse_head(self, req: SigV4Request, now: float) -> ParsedAuth:
+        """:meth:`parse` for a request whose body has not been read yet: every check but the
+        payload hash (``req.body`` is not looked at). Call :meth:`check_payload` with the body
+        once it is read.
+
+        The point is to refuse a request before its body costs memory or time.
+        """
         headers = header_map(req.headers)
         authorization = headers.get("authorization")
         if authorization:
@@ -453,7 +466,7 @@ class SigV4Verifier:
                 )
             auth = self._parse_query(query, now)
         self._check_scope(auth)
-        self._check_headers(auth, headers, req.body)
+        self._check_headers(auth, headers)
         return auth
 
     def _parse_header(self, value: str, headers: dict[str, str], now: float) -> ParsedAuth:
@@ -592,34 +605,25 @@ class SigV4Verifier:
         if auth.service != self.service:
             raise _scope_error(f"Credential should be scoped to correct service: '{self.service}'.")
 
-    def _check_headers(self, auth: ParsedAuth, headers: dict[str, str], body: bytes) -> None:
+    def _check_headers(self, auth: ParsedAuth, headers: dict[str, str]) -> None:
         signed = set(auth.signed_headers)
         if "host" not in signed and ":authority" not in signed:
             raise _not_signed(
                 "'Host' or ':authority' must be a 'SignedHeader' in the AWS Authorization."
             )
-        payload_hash = hashlib.sha256(body).hexdigest()
-        auth._payload = (body, payload_hash)
         claimed = headers.get("x-amz-content-sha256")
-        if claimed is not None and claimed != payload_hash:
-            if claimed == UNSIGNED_PAYLOAD or claimed.startswith("STREAMING-"):
-                raise SigV4Error(
-                    400,
-                    "UNSIGNED_PAYLOAD_NOT_ACCEPTED",
-                    f"x-amz-content-sha256 '{_echo(claimed)}' is not accepted: this service "
-                    "requires a signed payload (the hex SHA-256 of the body).",
-                )
+        auth.content_sha256 = claimed
+        if claimed is not None and (
+            claimed == UNSIGNED_PAYLOAD or claimed.startswith("STREAMING-")
+        ):
             raise SigV4Error(
                 400,
-                "CONTENT_SHA256_MISMATCH",
-                "The provided 'x-amz-content-sha256' header does not match what was computed.",
-                {
-                    "client_computed_content_sha256": _echo(claimed),
-                    "computed_content_sha256": payload_hash,
-                },
+                "UNSIGNED_PAYLOAD_NOT_ACCEPTED",
+                f"x-amz-content-sha256 '{_echo(claimed)}' is not accepted: this service "
+                "requires a signed payload (the hex SHA-256 of the body).",
             )
-        # x-amz-content-sha256 is exempt: some signers send it unsigned, and it has just been
-        # checked against the body, which the signature covers through the payload hash.
+        # x-amz-content-sha256 is exempt: some signers send it unsigned, and check_payload
+        # holds it to the body, which the signature covers through the payload hash.
         unsigned = [
             name
             for name in headers
@@ -631,15 +635,58 @@ class SigV4Verifier:
                 + ", ".join(_echo(n) for n in sorted(unsigned))
             )
 
+    def signed_content_sha256(self, auth: ParsedAuth) -> str | None:
+        """The payload hash the request declares in a *signed* x-amz-content-sha256 header
+        (64 hex digits), else None. With it the signature can be verified before the body is
+        read (:meth:`verify` with ``payload_hash``); :meth:`check_payload` then holds the body
+        to it."""
+        claimed = auth.content_sha256
+        if (
+            claimed is not None
+            and _SIGNATURE.fullmatch(claimed)
+            and "x-amz-content-sha256" in auth.signed_headers
+        ):
+            return claimed
+        return None
+
+    def check_payload(self, auth: ParsedAuth, body: bytes) -> None:
+        """Hash the body; refuse it (400 CONTENT_SHA256_MISMATCH) when it disagrees with the
+        x-amz-content-sha256 header sent. :meth:`verify` reuses the hash."""
+        payload_hash = hashlib.sha256(body).hexdigest()
+        auth._payload = (body, payload_hash)
+        claimed = auth.content_sha256
+        if claimed is not None and claimed != payload_hash:
+            raise SigV4Error(
+                400,
+                "CONTENT_SHA256_MISMATCH",
+                "The provided 'x-amz-content-sha256' header does not match what was computed.",
+                {
+                    "client_computed_content_sha256": _echo(claimed),
+                    "computed_content_sha256": payload_hash,
+                },
+            )
+
     # verify ---------------------------------------------------------------------------------
 
-    def verify(self, req: SigV4Request, auth: ParsedAuth, secret_access_key: str) -> None:
+    def verify(
+        self,
+        req: SigV4Request,
+        auth: ParsedAuth,
+        secret_access_key: str,
+        *,
+        payload_hash: str | None = None,
+    ) -> None:
         """Compute the canonical request and string to sign from the raw request and its body
         bytes, sign with the secret, and compare in constant time. Raises
         :class:`SigV4Error` SIGNATURE_DOES_NOT_MATCH (with ``canonical_request`` and
-        ``string_to_sign`` in ``extra``) when the signatures differ."""
+        ``string_to_sign`` in ``extra``) when the signatures differ.
+
+        ``payload_hash`` (from :meth:`signed_content_sha256`) verifies before the body is
+        read; the caller must then hold the body to it with :meth:`check_payload`."""
         cached = auth._payload
-        if cached is not None and cached[0] is req.body:
+        if payload_hash is not None:
+            pass
+        elif cached is not None and cached[0] is req.body:
             payload_hash = cached[1]
         else:
             payload_hash = hashlib.sha256(req.body).hexdigest()

@@ -17,13 +17,14 @@ from aiohttp import web
 
 from gateway import logs
 from gateway.auth.keys import KeyRing
-from gateway.auth.request import Principal, authenticate
+from gateway.auth.request import Principal, authenticate_body, authenticate_head
 from gateway.auth.sigv4 import SigV4Verifier
 from gateway.errors import ApiError, json_response
 from gateway.ids import delivery_id, record_id
-from gateway.ingest import idempotency
+from gateway.ingest import idempotency, jsonbody
+from gateway.ingest.body import BodyBudget, Held, content_encoding, decode, read_body
 from gateway.ingest.ratelimit import KeyedLimiter
-from gateway.ingest.validate import Limits, validate_record
+from gateway.ingest.validate import MAX_LISTED, Limits, validate_record
 from gateway.integrations.redact import for_producer
 from gateway.mapping.loader import MappingRegistry
 from gateway.store.base import (
@@ -51,6 +52,8 @@ class Ingest:
     max_batch_records: int
     idempotency_ttl: float
     signature_ttl: float
+    budget: BodyBudget
+    body_timeout: float
     # Called with the number of records after each commit: wakes the delivery engine, counts.
     on_commit: Callable[[int], None] | None = None
 
@@ -65,22 +68,20 @@ def iso(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-async def _read_body(request: web.Request, limit: int) -> bytes:
-    length = request.content_length
-    if length is not None and length > limit:
-        raise ApiError(
-            413, "PAYLOAD_TOO_LARGE", f"request body is {length} bytes; at most {limit} allowed"
-        )
-    body = await request.read()
-    if len(body) > limit:
-        raise ApiError(413, "PAYLOAD_TOO_LARGE", f"request body is over the limit of {limit} bytes")
-    return body
+async def _admit(
+    ing: Ingest, request: web.Request, limit: int, held: Held
+) -> tuple[Principal, bytes]:
+    """Authenticate from the headers, read the body (capped, timed out, counted in ``held``),
+    verify it as sent, rate limit, then decompress it. Returns the caller and the body.
 
-
-async def _admit(ing: Ingest, request: web.Request, limit: int) -> tuple[Principal, bytes]:
-    """Read the body, authenticate, rate limit. Returns the caller and the body."""
-    body = await _read_body(request, limit)
-    principal = await authenticate(ing.verifier, ing.keys, request, body)
+    Nothing costs memory before the headers' credentials check out, and nothing is
+    decompressed before the signature over the bytes sent does (the AWS rule: a signer signs
+    what it sends, so a gzip body is signed compressed).
+    """
+    claimant = await authenticate_head(ing.verifier, ing.keys, request)
+    wbits = content_encoding(request)
+    raw = await read_body(request, limit, held, ing.body_timeout)
+    principal = authenticate_body(ing.verifier, claimant, request, raw)
     key = principal.key
     decision = ing.limiter.take(key.access_key_id, key.rate_limit, key.rate_burst)
     rate_headers = decision.headers()
@@ -93,36 +94,60 @@ async def _admit(ing: Ingest, request: web.Request, limit: int) -> tuple[Princip
             f"after {decision.retry_after} s",
             headers=rate_headers,
         )
-    return principal, body
+    if wbits is None:
+        return principal, raw
+    return principal, decode(raw, wbits, limit, held)
+
+
+_UTF8 = frozenset({"utf-8", "utf8"})
 
 
 def _parse_json(request: web.Request, body: bytes) -> Any:
+    if "Content-Type" not in request.headers:
+        # aiohttp reports a missing Content-Type as application/octet-stream: say it is missing.
+        raise ApiError(
+            415,
+            "UNSUPPORTED_MEDIA_TYPE",
+            "Content-Type is missing; send Content-Type: application/json (UTF-8)",
+        )
     ctype = request.content_type
     if ctype != "application/json":
         raise ApiError(
             415,
             "UNSUPPORTED_MEDIA_TYPE",
-            f"Content-Type must be application/json, not {ctype or 'missing'}",
+            f"Content-Type must be application/json, not {ctype[:100]}",
         )
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise ApiError(400, "MALFORMED_JSON", f"request body is not valid JSON: {exc}") from None
+    charset = request.charset
+    if charset is not None and charset.lower() not in _UTF8:
+        raise ApiError(
+            415,
+            "UNSUPPORTED_MEDIA_TYPE",
+            f"charset {charset[:40]!r} is not supported: JSON bodies must be UTF-8",
+        )
+    return jsonbody.loads(body)
 
 
 def _check_record(
-    ing: Ingest, principal: Principal, obj: Any
+    ing: Ingest, principal: Principal, obj: Any, cap: int = MAX_LISTED
 ) -> tuple[str, dict[str, Any], list[str], str | None]:
-    """Validate one record and its group; raise ApiError; return what storing it needs."""
-    group_key, data, errors = validate_record(obj, ing.limits)
+    """Validate one record and its group; raise ApiError; return what storing it needs. At
+    most ``cap`` problems are listed; ``error_count`` counts them all."""
+    group_key, data, errors = validate_record(obj, ing.limits, cap)
     if group_key is not None and group_key not in principal.key.groups:
         raise ApiError(
             403,
             "GROUP_NOT_ALLOWED",
             f"Access key {principal.access_key_id} may not send records to group '{group_key}'",
         )
-    if errors or group_key is None:
-        raise ApiError(422, "INVALID_DATA", "the record is not valid", errors=errors)
+    if errors.total or group_key is None:
+        listed = "" if len(errors) == errors.total else f"; the first {len(errors)} are listed"
+        raise ApiError(
+            422,
+            "INVALID_DATA",
+            f"the record is not valid: {errors.total} problem(s){listed}",
+            errors=errors,
+            extra={"error_count": errors.total},
+        )
     mapping = ing.mappings.get(group_key)
     if mapping is None:
         if ing.mappings.problems_of(group_key):
@@ -131,13 +156,13 @@ def _check_record(
                 "UNKNOWN_GROUP",
                 f"Group '{group_key}' is not live: its mapping file has errors (the operator "
                 "sees them in /readyz and `gateway check`)",
-                errors=[{"field": "group_key", "message": "mapping file has errors"}],
+                errors=[{"field": "group_key", "message": "mapping file has errors"}][:cap],
             )
         raise ApiError(
             422,
             "UNKNOWN_GROUP",
             f"Unknown group '{group_key}': there is no mapping file for it",
-            errors=[{"field": "group_key", "message": "no such group"}],
+            errors=[{"field": "group_key", "message": "no such group"}][:cap],
         )
     return group_key, data, mapping.fan_out(data), mapping.version
 
@@ -225,7 +250,15 @@ async def _idempotency_keys(
 async def post_record(request: web.Request) -> web.Response:
     """``POST /v1/records``: store one record, 202 once committed."""
     ing = request.app[INGEST]
-    principal, body = await _admit(ing, request, ing.max_body_bytes)
+    held = Held(ing.budget)
+    try:
+        return await _post_record(ing, request, held)
+    finally:
+        held.release()
+
+
+async def _post_record(ing: Ingest, request: web.Request, held: Held) -> web.Response:
+    principal, body = await _admit(ing, request, ing.max_body_bytes, held)
     obj = _parse_json(request, body)
     keys, req_hash, replay = await _idempotency_keys(ing, request, principal, body)
     if replay is not None:
@@ -241,7 +274,15 @@ async def post_record(request: web.Request) -> web.Response:
 async def post_batch(request: web.Request) -> web.Response:
     """``POST /v1/records/batch``: validate each record; store the valid ones; 200 per item."""
     ing = request.app[INGEST]
-    principal, body = await _admit(ing, request, ing.max_batch_bytes)
+    held = Held(ing.budget)
+    try:
+        return await _post_batch(ing, request, held)
+    finally:
+        held.release()
+
+
+async def _post_batch(ing: Ingest, request: web.Request, held: Held) -> web.Response:
+    principal, body = await _admit(ing, request, ing.max_batch_bytes, held)
     obj = _parse_json(request, body)
     if not isinstance(obj, dict) or not isinstance(obj.get("records"), list):
         raise ApiError(
@@ -265,10 +306,13 @@ async def post_batch(request: web.Request) -> web.Response:
     now = time.time()
     records: list[NewRecord] = []
     results: list[dict[str, Any]] = []
+    # At most MAX_LISTED problems in the whole answer, however many records are rejected.
+    listable = MAX_LISTED
     for index, item in enumerate(items):
         try:
-            group_key, data, integrations, version = _check_record(ing, principal, item)
+            group_key, data, integrations, version = _check_record(ing, principal, item, listable)
         except ApiError as err:
+            listable -= len(err.errors or ())
             results.append(
                 {"index": index, "status": "rejected", **err.body(), "http_status": err.status}
             )
@@ -304,7 +348,11 @@ def delivery_view(d: Delivery) -> dict[str, Any]:
 async def get_record(request: web.Request) -> web.Response:
     """``GET /v1/records/{id}``: the record and its deliveries, for keys allowed on its group."""
     ing = request.app[INGEST]
-    principal, _ = await _admit(ing, request, ing.max_body_bytes)
+    held = Held(ing.budget)
+    try:
+        principal, _ = await _admit(ing, request, ing.max_body_bytes, held)
+    finally:
+        held.release()
     rid = request.match_info["id"]
     try:
         rec = await ing.store.get_record(rid)
@@ -332,4 +380,5 @@ def add_routes(app: web.Application) -> None:
     """Register the producer API's routes."""
     app.router.add_post("/v1/records", post_record)
     app.router.add_post("/v1/records/batch", post_batch)
-    app.router.add_get("/v1/records/{id}", get_record)
+    # "batch" is a path of its own, not a record id: OPTIONS or GET on it is 405, Allow: POST.
+    app.router.add_get("/v1/records/{id:(?!batch$)[^/]+}", get_record)

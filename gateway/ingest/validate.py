@@ -1,7 +1,9 @@
 """Flat-data validation: the record shape producers must send (DESIGN.md section 3).
 
 ``data`` is flat: each value is a string, number, boolean, null, or a list of those. Every
-offending attribute is named, not only the first, so a producer fixes a record in one round.
+offending attribute is named, not only the first, so a producer fixes a record in one round;
+but at most :data:`MAX_LISTED` of them, then a count (:class:`Problems`), so that a large
+record cannot turn into an answer many times its size.
 """
 
 from __future__ import annotations
@@ -14,6 +16,25 @@ from typing import Any
 GROUP_KEY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 _RECORD_FIELDS = frozenset({"data", "group_key"})
 _SCALARS = (str, int, float, bool)
+MAX_LISTED = 100  # problems listed per record (and per batch answer); the rest are counted
+_NAME_ECHO = 32  # how much of an over-long name a message quotes back
+
+
+class Problems(list[dict[str, str]]):
+    """``{"field", "message"}`` entries, listing the first ``cap`` and counting all."""
+
+    __slots__ = ("cap", "total")
+
+    def __init__(self, cap: int = MAX_LISTED) -> None:
+        super().__init__()
+        self.cap = cap
+        self.total = 0
+
+    def add(self, field: str, message: str) -> None:
+        """Count a problem; list it while fewer than ``cap`` are listed."""
+        self.total += 1
+        if len(self) < self.cap:
+            self.append({"field": field, "message": message})
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,105 +55,90 @@ def _type_name(value: Any) -> str:
     return type(value).__name__
 
 
-def _check_scalar(value: Any, field: str, limits: Limits, errors: list[dict[str, str]]) -> None:
+def _check_scalar(value: Any, field: str, limits: Limits, errors: Problems) -> None:
     if isinstance(value, str) and len(value) > limits.max_value_length:
-        errors.append(
-            {
-                "field": field,
-                "message": f"value is {len(value)} characters long; at most "
-                f"{limits.max_value_length} allowed",
-            }
+        errors.add(
+            field,
+            f"value is {len(value)} characters long; at most {limits.max_value_length} allowed",
         )
 
 
-def validate_data(data: Any, limits: Limits, prefix: str = "data") -> list[dict[str, str]]:
-    """Every problem with a record's ``data``, as ``{"field", "message"}`` entries."""
+def validate_data(
+    data: Any, limits: Limits, prefix: str = "data", errors: Problems | None = None
+) -> Problems:
+    """The problems with a record's ``data`` (added to ``errors`` when given): the first
+    :data:`MAX_LISTED` as ``{"field", "message"}`` entries, all of them counted."""
+    if errors is None:
+        errors = Problems()
     if not isinstance(data, dict):
-        return [{"field": prefix, "message": f"must be an object, not {_type_name(data)}"}]
-    errors: list[dict[str, str]] = []
+        errors.add(prefix, f"must be an object, not {_type_name(data)}")
+        return errors
     if len(data) > limits.max_attributes:
-        errors.append(
-            {
-                "field": prefix,
-                "message": f"has {len(data)} attributes; at most {limits.max_attributes} allowed",
-            }
-        )
+        errors.add(prefix, f"has {len(data)} attributes; at most {limits.max_attributes} allowed")
     for key, value in data.items():
         field = f"{prefix}.{key}"
         if not key:
-            errors.append({"field": field, "message": "attribute names must not be empty"})
+            errors.add(field, "attribute names must not be empty")
         elif len(key) > limits.max_key_length:
-            errors.append(
-                {
-                    "field": f"{prefix}.{key[:32]}...",
-                    "message": f"attribute name is {len(key)} characters long; at most "
-                    f"{limits.max_key_length} allowed",
-                }
+            field = f"{prefix}.{key[:_NAME_ECHO]}..."
+            errors.add(
+                field,
+                f"attribute name is {len(key)} characters long; at most "
+                f"{limits.max_key_length} allowed",
             )
         if value is None or isinstance(value, _SCALARS):
             _check_scalar(value, field, limits, errors)
         elif isinstance(value, dict):
-            errors.append({"field": field, "message": "nested objects are not supported"})
+            errors.add(field, "nested objects are not supported")
         elif isinstance(value, list):
             if len(value) > limits.max_list_items:
-                errors.append(
-                    {
-                        "field": field,
-                        "message": f"list has {len(value)} items; at most "
-                        f"{limits.max_list_items} allowed",
-                    }
+                errors.add(
+                    field, f"list has {len(value)} items; at most {limits.max_list_items} allowed"
                 )
             for i, item in enumerate(value):
                 if item is None or isinstance(item, _SCALARS):
                     _check_scalar(item, f"{field}[{i}]", limits, errors)
                 else:
-                    errors.append(
-                        {
-                            "field": f"{field}[{i}]",
-                            "message": "lists may hold only strings, numbers, booleans and "
-                            f"null, not {_type_name(item)}",
-                        }
+                    errors.add(
+                        f"{field}[{i}]",
+                        "lists may hold only strings, numbers, booleans and null, not "
+                        f"{_type_name(item)}",
                     )
         else:  # pragma: no cover - JSON cannot produce other types
-            errors.append({"field": field, "message": f"unsupported type {_type_name(value)}"})
+            errors.add(field, f"unsupported type {_type_name(value)}")
     return errors
 
 
 def validate_record(
-    obj: Any, limits: Limits
-) -> tuple[str | None, dict[str, Any], list[dict[str, str]]]:
-    """Check one ``{"data": ..., "group_key": ...}`` object.
+    obj: Any, limits: Limits, cap: int = MAX_LISTED
+) -> tuple[str | None, dict[str, Any], Problems]:
+    """Check one ``{"data": ..., "group_key": ...}`` object, listing at most ``cap`` problems.
 
-    Returns ``(group_key, data, errors)``; the record is valid when ``errors`` is empty.
+    Returns ``(group_key, data, errors)``; the record is valid when ``errors.total`` is 0.
     """
+    errors = Problems(cap)
     if not isinstance(obj, dict):
-        return (
-            None,
-            {},
-            [{"field": "", "message": f"a record must be an object, not {_type_name(obj)}"}],
-        )
-    errors: list[dict[str, str]] = []
+        errors.add("", f"a record must be an object, not {_type_name(obj)}")
+        return None, {}, errors
     for extra in obj.keys() - _RECORD_FIELDS:
-        errors.append(
-            {"field": str(extra), "message": "unknown field; a record has data and group_key"}
-        )
+        name = str(extra)
+        if len(name) > _NAME_ECHO:
+            name = name[:_NAME_ECHO] + "..."
+        errors.add(name, "unknown field; a record has data and group_key")
     group_key = obj.get("group_key")
     if group_key is None:
-        errors.append({"field": "group_key", "message": "required"})
+        errors.add("group_key", "required")
         group_key = None
     elif not isinstance(group_key, str) or not GROUP_KEY_RE.fullmatch(group_key):
-        errors.append(
-            {
-                "field": "group_key",
-                "message": "must be 1 to 128 letters, digits, '_', '-' or '.', starting with a "
-                "letter or digit",
-            }
+        errors.add(
+            "group_key",
+            "must be 1 to 128 letters, digits, '_', '-' or '.', starting with a letter or digit",
         )
         group_key = None
     if "data" not in obj:
-        errors.append({"field": "data", "message": "required"})
+        errors.add("data", "required")
         data: Any = {}
     else:
         data = obj["data"]
-        errors.extend(validate_data(data, limits))
+        validate_data(data, limits, errors=errors)
     return group_key, data if isinstance(data, dict) else {}, errors
