@@ -1,4 +1,4 @@
-"""The store interface: what every backend (SQLite now, PostgreSQL next) provides.
+"""The store interface: what every backend (SQLite, PostgreSQL) provides.
 
 The store holds records, their deliveries (one per integration), delivery attempts, access keys
 and idempotency keys. Writes from ingest go through :meth:`Store.commit_ingest`, which backends
@@ -251,10 +251,6 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def get_record(self, record_id: str) -> StoredRecord | None:
         """The record and its deliveries, or None."""
-
-    @abc.abstractmethod
-    async def count_records(self) -> int:
-        """How many records are stored (tests, status)."""
 
     # -- access keys ----------------------------------------------------------------------
     @abc.abstractmethod
