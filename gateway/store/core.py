@@ -112,13 +112,20 @@ class Job:
 class IngestJob(Job):
     """One :meth:`Store.commit_ingest` call: a write and its idempotency keys."""
 
-    __slots__ = ("keys", "n", "write")
+    __slots__ = ("_keys", "n", "write")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, write: IngestWrite) -> None:
         super().__init__(loop)
         self.write = write
         self.n = len(write.records)
-        self.keys = {(e.access_key_id, e.key) for e in write.idempotency}
+        self._keys: set[Key] | None = None
+
+    @property
+    def keys(self) -> set[Key]:
+        """The write's idempotency keys (made on first use: the hot SQLite path needs none)."""
+        if self._keys is None:
+            self._keys = {(e.access_key_id, e.key) for e in self.write.idempotency}
+        return self._keys
 
 
 class CallJob(Job):
@@ -152,17 +159,6 @@ def fail(jobs: Iterable[Job], error: BaseException) -> None:
         job.error = error
 
 
-def check_write(write: IngestWrite) -> None:
-    """ValueError for a malformed write, checked in the caller so it never reaches a
-    transaction."""
-    for r in write.records:
-        if len(r.delivery_ids) != len(r.integrations):
-            raise ValueError(
-                f"record {r.id}: {len(r.integrations)} integrations but "
-                f"{len(r.delivery_ids)} delivery ids"
-            )
-
-
 def first_replay(
     write: IngestWrite, stored: dict[Key, IdempotencyEntry]
 ) -> IdempotencyEntry | None:
@@ -175,10 +171,10 @@ def first_replay(
 
 
 def plan_group(
-    jobs: list[IngestJob], stored: dict[Key, IdempotencyEntry]
+    jobs: list[IngestJob], stored: dict[Key, IdempotencyEntry], *, keys: bool = False
 ) -> tuple[list[IngestWrite], set[Key]]:
     """Answer each job as a replay or as committed (to be inserted); return the writes to
-    insert and the idempotency keys they carry.
+    insert and (with ``keys``) the idempotency keys they carry.
 
     ``stored`` (the unexpired entries stored for the group's keys) is extended with each
     inserted write's entries, so a later write of the same group with the same key replays the
@@ -195,7 +191,8 @@ def plan_group(
         job.result = IngestResult(committed=True)
         for e in write.idempotency:
             stored[(e.access_key_id, e.key)] = e
-        expected |= job.keys
+        if keys:
+            expected |= job.keys
         to_insert.append(write)
     return to_insert, expected
 
@@ -434,7 +431,9 @@ class GroupCommitStore(Store):
         self.on_commit_seconds: Callable[[float], None] | None = None
         self.migrations_applied: list[int] = []  # versions the last open() applied
         self._queue: collections.deque[Job] = collections.deque()
-        self._pending = 0  # records queued, not yet committed (guarded by _queue_guard())
+        # Held while the queue and its counters change: a lock where the writer is a thread.
+        self._guard: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+        self._pending = 0  # records queued, not yet committed (guarded by _guard)
         self._accepting = False  # open and not closing
         self._stopping = False  # the writer exits once the queue is empty
         self._opened = False
@@ -450,13 +449,9 @@ class GroupCommitStore(Store):
         return self._pending
 
     # -- hooks ----------------------------------------------------------------------------
-    def _queue_guard(self) -> contextlib.AbstractContextManager[Any]:
-        """Held while the queue and its counters change (a lock where the writer is a thread)."""
-        return contextlib.nullcontext()
-
     @abc.abstractmethod
     def _wake_writer(self) -> None:
-        """Tell the writer the queue has work (called under :meth:`_queue_guard`)."""
+        """Tell the writer the queue has work (called under ``_guard``)."""
 
     def _caller_loop(self) -> asyncio.AbstractEventLoop:
         """The event loop to answer the caller on."""
@@ -481,7 +476,7 @@ class GroupCommitStore(Store):
 
     def _submit(self, job: Job, n_records: int = 0) -> None:
         """Queue ``job`` for the writer, or raise (closed / overloaded)."""
-        with self._queue_guard():
+        with self._guard:
             if not self._accepting:
                 raise self._closed_error()
             if n_records and self._pending + n_records > self.max_pending_writes:
@@ -496,7 +491,7 @@ class GroupCommitStore(Store):
     def _stop_accepting(self) -> bool:
         """Refuse new writes and tell the writer to finish the queue, then stop (close's
         first step); False when the store was already closed."""
-        with self._queue_guard():
+        with self._guard:
             if self._closed:
                 return False
             self._closed = True
@@ -506,7 +501,7 @@ class GroupCommitStore(Store):
         return True
 
     def _take_batch(self) -> tuple[list[Job], int]:
-        """The next group from the queue (call under :meth:`_queue_guard`) and its record
+        """The next group from the queue (call under ``_guard``) and its record
         count: ingest writes up to ``max_batch_records`` records (a bigger write still goes,
         alone: it is never split) and up to :data:`MAX_CALLS_PER_COMMIT` other writes."""
         cap = self.max_batch_records
@@ -529,7 +524,7 @@ class GroupCommitStore(Store):
     def _served(self, n_records: int) -> None:
         """A group of ``n_records`` records has been answered (committed or not)."""
         if n_records:
-            with self._queue_guard():
+            with self._guard:
                 self._pending -= n_records
 
     def _observe(self, seconds: float) -> None:
@@ -568,7 +563,13 @@ class GroupCommitStore(Store):
     # -- ingest ---------------------------------------------------------------------------
     async def commit_ingest(self, write: IngestWrite) -> IngestResult:
         """Queue ``write`` for the next group commit; return once it is durably committed."""
-        check_write(write)
+        for r in write.records:
+            # Checked here, in the caller, so a malformed write never reaches a transaction.
+            if len(r.delivery_ids) != len(r.integrations):
+                raise ValueError(
+                    f"record {r.id}: {len(r.integrations)} integrations but "
+                    f"{len(r.delivery_ids)} delivery ids"
+                )
         job = IngestJob(self._caller_loop(), write)
         self._submit(job, job.n)
         # Not shielded on purpose: a cancelled caller stops waiting, but its write stays

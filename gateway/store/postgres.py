@@ -611,7 +611,7 @@ class PostgresStore(core.GroupCommitStore):
         (two round trips on every commit) a failure rolls the whole transaction back and
         chains a new one (one round trip, only on failure)."""
         stored = await self._stored_entries(conn, {k for job in jobs for k in job.keys}, now)
-        to_insert, expected = core.plan_group(jobs, stored)
+        to_insert, expected = core.plan_group(jobs, stored, keys=True)
         if not to_insert:
             return True
 

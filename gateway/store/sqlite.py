@@ -181,6 +181,7 @@ class SQLiteStore(core.GroupCommitStore):
         self.busy_timeout = busy_timeout
         self._read_threads = read_threads
         self._cond = threading.Condition(threading.Lock())
+        self._guard = self._cond  # the writer thread waits on it for work
         self._writer: threading.Thread | None = None
         self._wconn: sqlite3.Connection | None = None  # owned by the writer thread
         self._readers: ThreadPoolExecutor | None = None
@@ -284,9 +285,6 @@ class SQLiteStore(core.GroupCommitStore):
         await self._fetch("SELECT 1")
 
     # -- the writer thread ----------------------------------------------------------------
-    def _queue_guard(self) -> threading.Condition:
-        return self._cond
-
     def _wake_writer(self) -> None:
         self._cond.notify()
 
