@@ -97,27 +97,33 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def secure_files(path: Path) -> list[str]:
+def secure_files(path: Path) -> tuple[list[str], list[str]]:
     """Create the database file ``path`` with mode 0600 if missing, and tighten it and any
-    existing ``-wal``, ``-shm`` or ``-journal`` file readable by others to 0600; return the
-    names of the files tightened (for the log).
+    existing ``-wal``, ``-shm`` or ``-journal`` file that others may read to 0600. Returns the
+    files tightened and those that could not be (not ours to chmod), for the log.
 
     SQLite creates the -wal and -shm files with the database file's mode, so a 0600 database
     keeps them 0600 too.
     """
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
-    os.close(fd)
-    tightened = []
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE))
+    tightened: list[str] = []
+    failed: list[str] = []
     for suffix in _COMPANIONS:
         name = f"{path}{suffix}"
         try:
             mode = stat.S_IMODE(os.stat(name).st_mode)
         except FileNotFoundError:
             continue
-        if mode & ~FILE_MODE:
+        if not mode & ~FILE_MODE:
+            continue
+        try:
             os.chmod(name, FILE_MODE)
+        except PermissionError:  # another user's file: say so, but serve
+            failed.append(f"{name} ({mode:04o})")
+        else:
             tightened.append(f"{name} ({mode:04o})")
-    return tightened
+    return tightened, failed
 
 
 def apply_migrations(
@@ -223,7 +229,7 @@ class SQLiteStore(core.GroupCommitStore):
 
     def _open_sync(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tightened = secure_files(self.path)
+        tightened, failed = secure_files(self.path)
         if tightened:
             logs.log(
                 "store_file_mode_tightened",
@@ -231,6 +237,14 @@ class SQLiteStore(core.GroupCommitStore):
                 files=tightened,
                 mode=f"{FILE_MODE:04o}",
                 reason="the store holds record data; it was readable by other users",
+            )
+        if failed:
+            logs.log(
+                "store_file_mode_loose",
+                "warning",
+                files=failed,
+                reason="the store holds record data and other users may read it; "
+                "chmod 0600 was not permitted",
             )
         conn = self._connect(writer=True)
         try:
