@@ -143,6 +143,29 @@ class _NotSent(Exception):
     asyncpg refused to send on it): it can be tried again on another connection."""
 
 
+class _Retry:
+    """When a write transaction is tried again: once after a connection that died idle (its
+    write never reached the server), and after a deadlock or serialization failure while
+    attempts are left. Never after a connection failure mid-write: it may have committed."""
+
+    def __init__(self) -> None:
+        self.fresh = False  # the one try on a fresh connection is used up
+
+    async def after(self, caught: Exception, attempt: int) -> BaseException | None:
+        """None to try again (after a short random back-off for a deadlock), else the failure
+        to report."""
+        failure: BaseException = caught
+        if isinstance(caught, _NotSent):
+            if not self.fresh:
+                self.fresh = True
+                return None
+            failure = caught.__cause__ or caught
+        if _is_retryable(failure) and attempt + 1 < _TX_ATTEMPTS:
+            await asyncio.sleep(random.uniform(0, 0.01 * 2**attempt))
+            return None
+        return failure
+
+
 async def _begin(conn: Conn) -> Any:
     """BEGIN on ``conn``; the started transaction, or _NotSent if the connection is broken."""
     tx = conn.transaction()
@@ -433,7 +456,7 @@ class PostgresStore(core.GroupCommitStore):
         ``transaction=False``, ``fn`` is one statement, atomic on its own). A deadlock or
         serialization failure is tried again; a write is never retried after a connection
         failure, as it may have committed."""
-        fresh = False
+        retry = _Retry()
         for attempt in range(_TX_ATTEMPTS + 1):
             pool = self._live_pool()
             started = time.perf_counter()
@@ -447,14 +470,8 @@ class PostgresStore(core.GroupCommitStore):
                         except asyncpg.exceptions.InternalClientError as exc:
                             raise _NotSent() from exc  # refused locally: never sent
             except Exception as caught:
-                failure: BaseException = caught
-                if isinstance(caught, _NotSent):
-                    if not fresh:  # once: a connection that died idle, replaced by the pool
-                        fresh = True
-                        continue
-                    failure = caught.__cause__ or caught
-                if _is_retryable(failure) and attempt + 1 < _TX_ATTEMPTS:
-                    await asyncio.sleep(random.uniform(0, 0.01 * 2**attempt))
+                failure = await retry.after(caught, attempt)
+                if failure is None:
                     continue
                 if _is_unavailable(failure) or _is_retryable(failure):
                     self.stats.failed_transactions += 1
@@ -500,7 +517,7 @@ class PostgresStore(core.GroupCommitStore):
     async def _run_group(self, jobs: list[Job]) -> None:
         """Apply ``jobs`` in one transaction, in order: runs of ingest writes as groups, each
         other call in a savepoint of its own."""
-        fresh = False
+        retry = _Retry()
         for attempt in range(_TX_ATTEMPTS + 1):
             started = time.perf_counter()
             for job in jobs:
@@ -512,14 +529,8 @@ class PostgresStore(core.GroupCommitStore):
                 async with pool.acquire(timeout=self.connect_timeout) as conn:
                     await _in_transaction(conn, lambda c: self._apply_jobs(c, jobs))
             except Exception as caught:
-                failure: BaseException = caught
-                if isinstance(caught, _NotSent):
-                    if not fresh:  # once: a connection that died idle, replaced by the pool
-                        fresh = True
-                        continue
-                    failure = caught.__cause__ or caught
-                if _is_retryable(failure) and attempt + 1 < _TX_ATTEMPTS:
-                    await asyncio.sleep(random.uniform(0, 0.01 * 2**attempt))
+                failure = await retry.after(caught, attempt)
+                if failure is None:
                     continue
                 # Nothing of the group is committed (or, if the connection broke during
                 # COMMIT, nobody can tell): every caller hears why, none hears "committed".
