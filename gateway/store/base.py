@@ -7,7 +7,9 @@ after the transaction holding its write is durably committed. The delivery engin
 claim-with-lease (:meth:`Store.claim_deliveries`) and batched state updates
 (:meth:`Store.update_deliveries`); operators list with cursor pagination.
 
-All times are float seconds since the Unix epoch (UTC).
+Both backends build on ``gateway.store.core`` (the group-commit queue, the shared reads, row
+mapping and cursors), each adding its connection and its dialect's SQL
+(``gateway.store.queries``). All times are float seconds since the Unix epoch (UTC).
 """
 
 from __future__ import annotations
