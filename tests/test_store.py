@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import sqlite3
@@ -19,7 +20,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -46,10 +47,13 @@ from gateway.store.base import (
     StoreOverloaded,
     StoreUnavailable,
 )
+from gateway.store.core import decode_cursor, encode_cursor
 from gateway.store.postgres import PostgresStore
-from gateway.store.sqlite import SQLiteStore, decode_cursor, encode_cursor
+from gateway.store.sqlite import SQLiteStore
+from gateway.store.sqlite import apply_migrations as apply_sqlite_migrations
 from tests.conftest import STORE_BACKENDS
 from tests.support import pg
+from tests.support.store_rows import count_records, scalar, sqlite_schema_versions
 
 REPO = Path(__file__).resolve().parent.parent
 AK = "AKGWTESTTESTTESTTEST"
@@ -173,7 +177,7 @@ async def test_record_round_trip_with_deliveries(store: Store) -> None:
         assert d.last_error is None
         assert d.last_status is None
         assert d.delivered_at is None
-    assert await store.count_records() == 1
+    assert await count_records(store) == 1
 
 
 async def test_record_without_integrations(store: Store) -> None:
@@ -189,7 +193,7 @@ async def test_mismatched_delivery_ids_are_refused_before_queueing(store: Store)
     r.delivery_ids.pop()
     with pytest.raises(ValueError, match="delivery ids"):
         await store.commit_ingest(IngestWrite([r]))
-    assert await store.count_records() == 0
+    assert await count_records(store) == 0
 
 
 async def test_concurrent_writes_share_transactions_and_are_readable_on_return(
@@ -209,7 +213,7 @@ async def test_concurrent_writes_share_transactions_and_are_readable_on_return(
     await asyncio.gather(*(one() for _ in range(writes)))
     transactions = store.commits - before
     assert 1 <= transactions < writes
-    assert await store.count_records() == writes
+    assert await count_records(store) == writes
     assert store.pending_writes() == 0
 
 
@@ -243,7 +247,7 @@ async def test_a_failing_write_fails_alone_in_its_group(store: Store) -> None:
     assert (await store.get_record(dup_in_group.id)).deliveries[0].id == (
         dup_in_group.delivery_ids[0]
     )
-    assert await store.count_records() == 1 + 1 + 1 + 1 + 2
+    assert await count_records(store) == 1 + 1 + 1 + 1 + 2
     assert await store.get_idempotency(AK, "idem:a", time.time()) is not None
 
 
@@ -291,7 +295,7 @@ async def test_other_writes_share_the_group_commit_and_fail_alone(store: Store) 
     # Queue order holds inside the transaction: the claim saw the ingest queued before it.
     assert {c.delivery.id for c in results[3]} == set(first.delivery_ids)
     assert results[4] == IngestResult(committed=True)
-    assert await store.count_records() == 2
+    assert await count_records(store) == 2
 
 
 async def test_cancelled_caller_still_gets_its_write_committed(store: Store) -> None:
@@ -318,7 +322,7 @@ async def test_idempotency_replay_returns_first_entry_and_stores_nothing(store: 
     result = await store.commit_ingest(IngestWrite([r2], [entry("sig:x"), again]))
     assert result.committed is False
     assert result.replay == first
-    assert await store.count_records() == 1
+    assert await count_records(store) == 1
     assert await store.get_record(r2.id) is None
     # Nothing of the replayed write was stored, its other keys included.
     assert await store.get_idempotency(AK, "sig:x", time.time()) is None
@@ -337,7 +341,7 @@ async def test_expired_idempotency_key_is_replaced(store: Store) -> None:
     result = await store.commit_ingest(IngestWrite([rec()], [new]))
     assert result == IngestResult(committed=True)
     assert await store.get_idempotency(AK, "idem:k", time.time()) == new
-    assert await store.count_records() == 2
+    assert await count_records(store) == 2
 
 
 async def test_same_key_twice_in_one_transaction_second_is_replay(store: Store) -> None:
@@ -353,7 +357,7 @@ async def test_same_key_twice_in_one_transaction_second_is_replay(store: Store) 
     assert ra == IngestResult(committed=True)
     assert rb.committed is False
     assert rb.replay == a.idempotency[0]
-    assert await store.count_records() == 1
+    assert await count_records(store) == 1
     assert await store.get_record(b.records[0].id) is None
 
 
@@ -402,7 +406,7 @@ async def test_overloaded_when_pending_records_would_exceed_the_limit(store_url:
         assert [r.committed for r in await asyncio.gather(*tasks)] == [True, True]
         assert s.pending_writes() == 0
         await s.commit_ingest(IngestWrite([rec()]))  # room again
-        assert await s.count_records() == 11
+        assert await count_records(s) == 11
     finally:
         await s.close()
 
@@ -429,7 +433,7 @@ async def test_close_commits_every_queued_write_then_refuses(store_url: str) -> 
     again = open_store(store_url)
     await again.open()
     try:
-        assert await again.count_records() == len(records)
+        assert await count_records(again) == len(records)
     finally:
         await again.close()
 
@@ -439,7 +443,7 @@ async def test_store_not_opened_refuses(store_url: str) -> None:
     with pytest.raises(StoreUnavailable, match="not open"):
         await s.commit_ingest(IngestWrite([rec()]))
     with pytest.raises(StoreUnavailable):
-        await s.count_records()
+        await s.get_record("rec_none")
 
 
 async def test_data_survives_close_and_reopen(store_url: str) -> None:
@@ -458,7 +462,7 @@ async def test_data_survives_close_and_reopen(store_url: str) -> None:
         assert got is not None
         assert got.data_json == r.data_json
         assert len(got.deliveries) == 2
-        assert await s2.count_records() == 2
+        assert await count_records(s2) == 2
         assert await s2.get_idempotency(AK, "idem:x", time.time()) is not None
         assert (await s2.get_access_key(AK)).groups == ["g"]
     finally:
@@ -537,7 +541,7 @@ async def test_every_acknowledged_write_survives_sigkill(store_url: str) -> None
     try:
         missing = [rid for rid in acknowledged if await s.get_record(rid) is None]
         assert missing == []
-        assert await s.count_records() >= len(acknowledged)
+        assert await count_records(s) >= len(acknowledged)
     finally:
         await s.close()
 
@@ -1190,7 +1194,7 @@ async def test_purge_delivered_keeps_unfinished_and_recent_records(store: Store)
 
     assert await store.purge_delivered(before, limit=0) == 0
     assert await store.purge_delivered(old - 1) == 0  # nothing received that early
-    assert await store.count_records() == 6
+    assert await count_records(store) == 6
     assert await store.purge_delivered(before) == 2
     assert await store.get_record(done.id) is None
     assert await store.get_record(bare.id) is None
@@ -1206,12 +1210,7 @@ async def test_purge_delivered_keeps_unfinished_and_recent_records(store: Store)
     orphans_sql = (
         "SELECT count(*) FROM attempts WHERE delivery_id NOT IN (SELECT id FROM deliveries)"
     )
-    if isinstance(store, SQLiteStore):
-        orphans = await store._read(lambda c: c.execute(orphans_sql).fetchone()[0])
-    else:
-        assert isinstance(store, PostgresStore)
-        orphans = await store._read(lambda c: c.fetchval(orphans_sql))
-    assert orphans == 0
+    assert await scalar(store, orphans_sql) == 0
     assert await store.purge_delivered(before) == 0
 
 
@@ -1223,7 +1222,7 @@ async def test_purge_delivered_respects_limit_oldest_first(store: Store) -> None
     assert await store.purge_delivered(now, limit=2) == 2
     assert [await store.get_record(r.id) is None for r in records] == [True] * 2 + [False] * 3
     assert await store.purge_delivered(now, limit=10) == 3
-    assert await store.count_records() == 0
+    assert await count_records(store) == 0
 
 
 # -- migrations -------------------------------------------------------------------------------
@@ -1250,7 +1249,7 @@ async def test_migrations_are_applied_once(store_url: str) -> None:
     await s2.open()
     try:
         assert s2.migrations_applied == []
-        assert await s2.count_records() == 0
+        assert await count_records(s2) == 0
     finally:
         await s2.close()
     assert _schema_rows(path) == rows  # not re-applied, applied_at unchanged
@@ -1259,7 +1258,7 @@ async def test_migrations_are_applied_once(store_url: str) -> None:
 async def test_a_database_at_version_1_is_upgraded_on_open(tmp_path: Path) -> None:
     path = tmp_path / "v1.db"
     con = sqlite3.connect(path, isolation_level=None)
-    assert mig.apply_sqlite(con, mig.load_migrations("sqlite")[:1]) == [1]
+    assert apply_sqlite_migrations(con, mig.load_migrations("sqlite")[:1]) == [1]
     con.execute(
         "INSERT INTO records (id, group_key, access_key_id, data, received_at) "
         "VALUES ('rec_old', 'g', 'AK', x'7b7d', 1.0)"
@@ -1269,7 +1268,7 @@ async def test_a_database_at_version_1_is_upgraded_on_open(tmp_path: Path) -> No
     await s.open()
     try:
         assert s.migrations_applied == [2]
-        assert await s.count_records() == 1
+        assert await count_records(s) == 1
         assert await s.set_lane_paused("g", "crm", True, 1.0) is True
         assert await s.paused_lanes() == {("g", "crm")}
     finally:
@@ -1286,15 +1285,15 @@ def test_migration_runner_rolls_back_a_failing_migration(tmp_path: Path) -> None
         "CREATE TRIGGER tr AFTER INSERT ON t2 BEGIN INSERT INTO t1 VALUES (1); END;\n"
     )
     con = sqlite3.connect(tmp_path / "db.sqlite", isolation_level=None)
-    assert mig.apply_sqlite(con, mig.load_migrations("sqlite", folder)) == [1, 2]
-    assert mig.applied_versions_sqlite(con) == [1, 2]
+    assert apply_sqlite_migrations(con, mig.load_migrations("sqlite", folder)) == [1, 2]
+    assert sqlite_schema_versions(con) == [1, 2]
     con.execute("INSERT INTO t2 VALUES (5)")
     assert con.execute("SELECT count(*) FROM t1").fetchone() == (1,)  # the trigger is whole
 
     (folder / "0003_broken.sql").write_text("CREATE TABLE t3 (a);\nTHIS IS NOT SQL;\n")
     with pytest.raises(sqlite3.OperationalError):
-        mig.apply_sqlite(con, mig.load_migrations("sqlite", folder))
-    assert mig.applied_versions_sqlite(con) == [1, 2]
+        apply_sqlite_migrations(con, mig.load_migrations("sqlite", folder))
+    assert sqlite_schema_versions(con) == [1, 2]
     tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     assert "t3" not in tables  # the failed migration left nothing behind
     con.close()
@@ -1388,6 +1387,78 @@ async def test_not_a_database_is_unavailable(tmp_path: Path) -> None:
     s = open_store(f"sqlite:///{path}")
     with pytest.raises(StoreUnavailable, match="not a database"):
         await s.open()
+
+
+# -- file modes -------------------------------------------------------------------------------
+def _modes(path: Path) -> dict[str, int]:
+    """The permission bits of the database file and of its -wal and -shm files, where present."""
+    out = {}
+    for suffix in ("", "-wal", "-shm"):
+        f = Path(f"{path}{suffix}")
+        if f.exists():
+            out[suffix or "db"] = f.stat().st_mode & 0o777
+    return out
+
+
+def _loosen(path: Path) -> None:
+    """Give the database and its -wal and -shm files the mode SQLite's default gives: 0644."""
+    for suffix in ("", "-wal", "-shm"):
+        f = Path(f"{path}{suffix}")
+        f.touch()
+        f.chmod(0o644)
+
+
+@contextlib.contextmanager
+def _umask(mask: int) -> Iterator[None]:
+    old = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+@SQLITE_ONLY
+async def test_store_files_are_owner_only_after_open_and_after_a_write(store_url: str) -> None:
+    s = sqlite_store(open_store(store_url), "file modes")
+    with _umask(0):  # nothing left to the umask: a permissive one must not widen the files
+        await s.open()
+        try:
+            assert _modes(s.path) == {"db": 0o600, "-wal": 0o600, "-shm": 0o600}
+            assert (await s.commit_ingest(IngestWrite([rec()]))).committed
+            assert _modes(s.path) == {"db": 0o600, "-wal": 0o600, "-shm": 0o600}
+        finally:
+            await s.close()
+
+
+@SQLITE_ONLY
+async def test_a_store_file_readable_by_others_is_tightened_at_open_and_logged(
+    store_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first = sqlite_store(open_store(store_url), "file modes")
+    await first.open()
+    r = rec()
+    await first.commit_ingest(IngestWrite([r]))
+    await first.close()
+    _loosen(first.path)  # as an older gateway left them
+    capsys.readouterr()
+
+    again = open_store(store_url)
+    await again.open()
+    try:
+        assert _modes(first.path) == {"db": 0o600, "-wal": 0o600, "-shm": 0o600}
+        assert await again.get_record(r.id) is not None  # the data is untouched
+    finally:
+        await again.close()
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
+    tightened = [x for x in lines if x["event"] == "store_file_mode_tightened"]
+    assert len(tightened) == 1  # one line for the open, naming every file it tightened
+    assert tightened[0]["level"] == "warning"
+    assert len(tightened[0]["files"]) == 3
+
+    third = open_store(store_url)  # already tight: nothing to say
+    await third.open()
+    await third.close()
+    assert "store_file_mode_tightened" not in capsys.readouterr().out
 
 
 # -- open_store and settings ------------------------------------------------------------------
@@ -1497,7 +1568,7 @@ def test_group_commit_matches_one_at_a_time_semantics(
                         assert got == IngestResult(committed=True)
                         model_records.update(ids)
                         model_keys.update({k.key: k.request_hash for k in w.idempotency})
-            assert await s.count_records() == len(model_records)
+            assert await count_records(s) == len(model_records)
             for r in model_records:
                 assert await s.get_record(r) is not None
             for k in "abcdef":

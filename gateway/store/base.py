@@ -1,4 +1,4 @@
-"""The store interface: what every backend (SQLite now, PostgreSQL next) provides.
+"""The store interface: what every backend (SQLite, PostgreSQL) provides.
 
 The store holds records, their deliveries (one per integration), delivery attempts, access keys
 and idempotency keys. Writes from ingest go through :meth:`Store.commit_ingest`, which backends
@@ -7,7 +7,9 @@ after the transaction holding its write is durably committed. The delivery engin
 claim-with-lease (:meth:`Store.claim_deliveries`) and batched state updates
 (:meth:`Store.update_deliveries`); operators list with cursor pagination.
 
-All times are float seconds since the Unix epoch (UTC).
+Both backends build on ``gateway.store.core`` (the group-commit queue, the shared reads, row
+mapping and cursors), each adding its connection and its dialect's SQL
+(``gateway.store.queries``). All times are float seconds since the Unix epoch (UTC).
 """
 
 from __future__ import annotations
@@ -251,10 +253,6 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def get_record(self, record_id: str) -> StoredRecord | None:
         """The record and its deliveries, or None."""
-
-    @abc.abstractmethod
-    async def count_records(self) -> int:
-        """How many records are stored (tests, status)."""
 
     # -- access keys ----------------------------------------------------------------------
     @abc.abstractmethod

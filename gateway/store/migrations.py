@@ -6,16 +6,15 @@ order, inside a transaction, and recorded in ``schema_migrations(version, name, 
 A released migration is never edited: schema changes are new files.
 
 The backend-neutral parts (finding, ordering and splitting the files, planning what is pending)
-are here for every backend; :func:`apply_sqlite` drives them for SQLite and
-``gateway.store.postgres.apply_migrations`` for PostgreSQL (dialect ``postgres``: the same plan
-with asyncpg, under an advisory lock instead of ``BEGIN IMMEDIATE``).
+are here for every backend; each backend's ``apply_migrations`` drives them
+(``gateway.store.sqlite`` under ``BEGIN IMMEDIATE``, ``gateway.store.postgres`` under an
+advisory lock).
 """
 
 from __future__ import annotations
 
 import re
 import sqlite3
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import resources
@@ -28,14 +27,6 @@ from gateway.store.base import StoreError
 _PACKAGE = "gateway.store"
 _DIR = "migrations"
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
-
-SCHEMA_TABLE_SQL = """
-CREATE TABLE IF NOT EXISTS schema_migrations (
-    version    INTEGER PRIMARY KEY,
-    name       TEXT NOT NULL,
-    applied_at REAL NOT NULL
-)
-"""
 
 
 class MigrationError(StoreError):
@@ -129,43 +120,3 @@ def _has_code(text: str) -> bool:
     """Whether ``text`` holds more than comments and whitespace."""
     without = re.sub(r"--[^\n]*", "", re.sub(r"/\*.*?\*/", "", text, flags=re.S))
     return bool(without.strip(" \t\r\n;"))
-
-
-def apply_sqlite(conn: sqlite3.Connection, migrations: list[Migration] | None = None) -> list[int]:
-    """Apply pending migrations to ``conn`` (autocommit mode); return the versions applied.
-
-    ``migrations`` defaults to the packaged SQLite ones. Everything runs in one
-    ``BEGIN IMMEDIATE`` transaction: concurrent openers of the same file serialise on the
-    write lock, and the second finds nothing left to do. A failing migration rolls back
-    whole, leaving the database at its previous version.
-    """
-    if migrations is None:
-        migrations = load_migrations("sqlite")
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        conn.execute(SCHEMA_TABLE_SQL)
-        applied = [row[0] for row in conn.execute("SELECT version FROM schema_migrations")]
-        todo = plan(applied, migrations)
-        for mig in todo:
-            for stmt in mig.statements():
-                conn.execute(stmt)
-            conn.execute(
-                "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
-                (mig.version, mig.name, time.time()),
-            )
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-    return [m.version for m in todo]
-
-
-def applied_versions_sqlite(conn: sqlite3.Connection) -> list[int]:
-    """The versions recorded in ``schema_migrations`` (empty before the first migration)."""
-    try:
-        return [r[0] for r in conn.execute("SELECT version FROM schema_migrations ORDER BY 1")]
-    except sqlite3.OperationalError as exc:
-        if "no such table" in str(exc):
-            return []
-        raise

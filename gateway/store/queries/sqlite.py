@@ -1,0 +1,84 @@
+"""SQL only SQLite runs (``?`` placeholders, SQLite's functions and upserts)."""
+
+from __future__ import annotations
+
+from gateway.store.queries import (
+    ATTEMPT_COLS,
+    DELIVERY_INSERT_COLS,
+    IDEM_COLS,
+    RECORD_INSERT_COLS,
+    delivery_cols,
+)
+
+INSERT_RECORD = f"INSERT INTO records ({RECORD_INSERT_COLS}) VALUES (?, ?, ?, ?, ?, ?)"
+INSERT_DELIVERY = f"INSERT INTO deliveries ({DELIVERY_INSERT_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
+# OR REPLACE: the writer has already checked that no *unexpired* entry holds the key, so a
+# conflicting row can only be an expired one, which a new answer replaces.
+INSERT_IDEM = f"INSERT OR REPLACE INTO idempotency_keys ({IDEM_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
+# Every idempotency key of a whole group looked up in one statement: one statement per group
+# rather than one per write keeps the writer thread's share of the GIL small under load.
+SELECT_IDEM_MANY = (
+    "SELECT i.access_key_id, i.key, i.request_hash, i.status, i.response, i.created_at, "
+    "i.expires_at FROM json_each(?) AS j JOIN idempotency_keys AS i "
+    "ON i.access_key_id = j.value ->> 0 AND i.key = j.value ->> 1 WHERE i.expires_at > ?"
+)
+PURGE_IDEM_CHUNK = (
+    "DELETE FROM idempotency_keys WHERE rowid IN (SELECT rowid FROM idempotency_keys "
+    "WHERE expires_at <= ? LIMIT ?)"
+)
+
+# Followed by the claim conditions (core.claim_where(prefix="d.")).
+CLAIM_SELECT = (
+    f"SELECT {delivery_cols('d')}, r.data, r.received_at FROM deliveries d "
+    "JOIN records r ON r.id = d.record_id WHERE "
+)
+CLAIM_ORDER = " ORDER BY d.next_attempt_at, d.id LIMIT ?"
+LEASE = "UPDATE deliveries SET lease_owner = ?, lease_expires_at = ?, updated_at = ? WHERE id = ?"
+UPDATE_DELIVERY = (
+    "UPDATE deliveries SET state = ?, next_attempt_at = ?, last_error = ?, last_status = ?, "
+    "attempts = attempts + ?, delivered_at = CASE WHEN ? THEN ? ELSE delivered_at END, "
+    "lease_owner = NULL, lease_expires_at = NULL, updated_at = ? "
+    "WHERE id = ? AND lease_owner = ?"
+)
+INSERT_ATTEMPT = f"INSERT INTO attempts ({ATTEMPT_COLS}) VALUES (?, ?, ?, ?, ?, ?)"
+# Gives a lease back unsent: no attempt, state and last error untouched.
+RELEASE_DELIVERY = (
+    "UPDATE deliveries SET next_attempt_at = ?, lease_owner = NULL, lease_expires_at = NULL, "
+    "updated_at = ? WHERE id = ? AND lease_owner = ?"
+)
+REPLAY_BY_IDS = (
+    "SELECT id FROM deliveries WHERE id IN (SELECT value FROM json_each(?)) "
+    "AND (state = 'dead' OR state = 'delivered') ORDER BY id LIMIT ?"
+)
+# The state guard repeats the SELECT's, so a replay can never reset a pending delivery.
+REPLAY_DELIVERY = (
+    "UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = ?, "
+    "delivered_at = NULL, lease_owner = NULL, lease_expires_at = NULL, updated_at = ? "
+    "WHERE id = ? AND (state = 'dead' OR state = 'delivered')"
+)
+# Literal states: the pending side is one ordered walk of deliveries_lane_due (grouped by its
+# leading columns, so no sort), the dead side a scan of deliveries_dead. Neither touches
+# delivered rows, however many pile up. Rows as core.merge_lanes() takes them.
+LANE_STATS = (
+    "SELECT group_key, integration, count(*), coalesce(sum(next_attempt_at <= ?), 0), "
+    "min(created_at), 0 FROM deliveries WHERE state = 'pending' GROUP BY group_key, integration",
+    "SELECT group_key, integration, 0, 0, NULL, count(*) FROM deliveries "
+    "WHERE state = 'dead' GROUP BY group_key, integration",
+)
+# Oldest first (primary-key order), so the records past the retention go in the order they
+# arrived. `state = 'pending' OR state = 'dead'` is spelled out (not `!= 'delivered'`) to state
+# what keeps a record; deliveries_record finds its deliveries.
+PURGE_DELIVERED = (
+    "DELETE FROM records WHERE id IN (SELECT r.id FROM records r "
+    "WHERE r.id < ? AND r.received_at < ? AND NOT EXISTS ("
+    "SELECT 1 FROM deliveries d WHERE d.record_id = r.id "
+    "AND (d.state = 'pending' OR d.state = 'dead')) "
+    "ORDER BY r.id LIMIT ?)"
+)
+SCHEMA_MIGRATIONS_TABLE = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version    INTEGER PRIMARY KEY,
+    name       TEXT NOT NULL,
+    applied_at REAL NOT NULL
+)
+"""
