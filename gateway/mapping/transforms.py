@@ -251,17 +251,6 @@ class Pipeline:
                 ) from exc
         return value
 
-    def trace(self, value: Any) -> list[tuple[str, Any]]:
-        """Each step's name and output, in order, for previews that show how a value was made.
-
-        A failing step raises its MappingError, as :meth:`apply` does.
-        """
-        out: list[tuple[str, Any]] = []
-        for step in self.steps:
-            value = Pipeline((step,)).apply(value)
-            out.append((step.name, value))
-        return out
-
     @property
     def names(self) -> tuple[str, ...]:
         """The transforms' names, in order."""
