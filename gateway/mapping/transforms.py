@@ -552,12 +552,12 @@ def _to_float(arg: Any, path: KeyPath, errors: ErrorCollector) -> Fn:
             text = value.strip()
             if not text:
                 return None
-            number = parse_float_text(text)
-            if number is None:
+            parsed = parse_float_text(text)
+            if parsed is None:
                 raise MappingError(
                     "to_float: not a decimal number (use . for decimals)", value=value
                 )
-            return number
+            return parsed
         raise _wrong_type("to_float", value, "a number or text")
 
     return _per_item(apply)
