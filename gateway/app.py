@@ -386,7 +386,8 @@ def serve(
             rest = asyncio.all_tasks(loop)
             for task in rest:
                 task.cancel()
-            loop.run_until_complete(asyncio.gather(*rest, return_exceptions=True))
+            if rest:
+                loop.run_until_complete(asyncio.gather(*rest, return_exceptions=True))
             loop.run_until_complete(loop.shutdown_asyncgens())
             asyncio.set_event_loop(None)
             loop.close()
