@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gateway.cli.common import add_settings_flags, print_json, settings_of
-from gateway.mapping.loader import MappingRegistry
 
 if TYPE_CHECKING:
     from gateway.cli.common import SubParsers
@@ -19,6 +18,8 @@ if TYPE_CHECKING:
 def cmd_check(args: argparse.Namespace) -> int:
     """Validate every mapping file; list every problem; exit 1 if there is any, 2 if the
     directory cannot be read."""
+    from gateway.mapping.loader import MappingRegistry  # here: other commands start faster
+
     directory = Path(args.dir) if args.dir else settings_of(args).mappings
     registry = MappingRegistry(directory)
     result = registry.reload()
@@ -71,6 +72,7 @@ def cmd_preview(args: argparse.Namespace) -> int:
     condition matched, the mapped fields or the mapping error, and the request that would be
     sent (secrets shown as ***). Nothing is sent or stored. Exit 1 when the group has no valid
     mapping, the data would be refused, or an integration cannot map or build the record."""
+    from gateway.mapping.loader import MappingRegistry
     from gateway.mapping.preview import limits_of, preview_group
 
     try:
