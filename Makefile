@@ -30,8 +30,14 @@ format: setup
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+# `make bench` runs the ingest benchmark; BENCH names another script of bench/ (ingest,
+# bench_store, mapping, delivery, aws, scale: see bench/README.md), BENCH_ARGS its flags, e.g.
+# `make bench BENCH=mapping BENCH_ARGS='--rounds 1'`.
+BENCH ?= ingest
+BENCH_ARGS ?=
+
 bench: setup
-	$(BIN)/python bench/run.py
+	$(BIN)/python bench/$(BENCH).py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache

@@ -1,23 +1,36 @@
-"""The aiohttp application: routes, middlewares, startup and shutdown."""
+"""The aiohttp application: routes, middlewares, its resources, and serving it.
+
+:func:`create_app` builds the application. Each resource it holds is one cleanup context,
+entered in this order on start-up and exited in reverse on clean-up: the store, the master key
+check, the mappings (first load and watcher), the delivery engine, housekeeping, the SIGHUP
+handler. When one fails to start, aiohttp exits those that had started, provided the
+application's clean-up runs: :func:`serve` runs it after a failed start-up too, which
+``web.run_app`` does not.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import signal
+import sys
 import time
 import traceback
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from importlib import resources
+from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
+from aiohttp.web_runner import GracefulExit
 
 from gateway import logs
 from gateway.admin import api as admin
-from gateway.auth.keys import KeyRing, MasterKeyError, SecretBox, load_master_key
+from gateway.appkeys import ENGINE, INGEST, MAPPINGS, METRICS, RELOADER, SETTINGS, STORE
+from gateway.auth.keys import KeyRing, SecretBox, load_master_key
 from gateway.auth.sigv4 import SigV4Verifier
 from gateway.config import Settings
-from gateway.delivery.engine import ENGINE, DeliveryEngine, EngineSettings
+from gateway.delivery.engine import DeliveryEngine, EngineSettings
 from gateway.errors import ApiError, json_response
 from gateway.ingest import api, protocol
 from gateway.ingest.body import BodyBudget
@@ -26,16 +39,26 @@ from gateway.ingest.validate import Limits
 from gateway.integrations import destinations
 from gateway.mapping.loader import MappingRegistry
 from gateway.mapping.watch import MappingReloader
-from gateway.metrics import METRICS, Metrics, calls_both, metrics_handler
+from gateway.metrics import Metrics, calls_both, metrics_handler
 from gateway.store import open_store
 from gateway.store.base import Store, StoreError
 
-SETTINGS = web.AppKey("settings", Settings)
-STORE = web.AppKey("store", Store)
-MAPPINGS = web.AppKey("mappings", MappingRegistry)
-RELOADER = web.AppKey("reloader", MappingReloader)
+# The application's keys live in gateway.appkeys; these names stay importable from here.
+__all__ = [
+    "ENGINE",
+    "INGEST",
+    "MAPPINGS",
+    "METRICS",
+    "RELOADER",
+    "SETTINGS",
+    "STORE",
+    "create_app",
+    "openapi_document",
+    "serve",
+]
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+#: Seconds ``serve`` gives requests in flight once a stop signal came.
+SHUTDOWN_TIMEOUT = 10.0
 
 # aiohttp's own HTTP errors, as envelope codes.
 _HTTP_CODES = {
@@ -60,8 +83,7 @@ async def envelope_and_log(request: web.Request, handler: Handler) -> web.Stream
             raise
         code = _HTTP_CODES.get(exc.status, "HTTP_ERROR")
         message = exc.reason if exc.status != 413 else exc.text or exc.reason
-        err = ApiError(exc.status, code, message)
-        response = err.response()
+        response = ApiError(exc.status, code, message).response()
         if exc.status == 405 and "Allow" in exc.headers:
             response.headers["Allow"] = exc.headers["Allow"]
     except asyncio.CancelledError:
@@ -77,7 +99,7 @@ async def envelope_and_log(request: web.Request, handler: Handler) -> web.Stream
         code = "INTERNAL_ERROR"
         response = ApiError(500, code, "internal error; the event is logged").response()
     if code is not None and request.path.startswith("/v1/"):
-        metrics = request.app.get(METRICS)
+        metrics = request.config_dict.get(METRICS)
         if metrics is not None:
             metrics.request_refused(code)
     info = logs.info(request)
@@ -105,7 +127,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     """Ready: the store answers and the mappings directory is readable."""
-    checks: dict[str, dict[str, str]] = {}
+    checks: dict[str, dict[str, Any]] = {}
     try:
         await request.app[STORE].ping()
         checks["store"] = {"status": "ok"}
@@ -175,7 +197,7 @@ def create_app(settings: Settings, store: Store | None = None) -> web.Applicatio
     )
     metrics.engine = engine
     app[ENGINE] = engine
-    app[api.INGEST] = api.Ingest(
+    app[INGEST] = api.Ingest(
         store=the_store,
         keys=KeyRing(the_store, SecretBox(master), ttl=settings.key_cache_ttl),
         verifier=SigV4Verifier(settings.region, settings.service, clock_skew=settings.clock_skew),
@@ -200,51 +222,182 @@ def create_app(settings: Settings, store: Store | None = None) -> web.Applicatio
             else metrics.records_committed
         ),
     )
+    add_routes(app)
+    app.cleanup_ctx.extend(
+        [
+            _stopped_log,
+            _store,
+            _master_key_check,
+            _mappings,
+            _engine,
+            _housekeeping_task,
+            _sighup,
+        ]
+    )
+    return app
+
+
+def add_routes(app: web.Application) -> None:
+    """Every route: the producer API, the admin sub-application, health, metrics, OpenAPI."""
+    settings = app[SETTINGS]
     api.add_routes(app)
-    admin.add_routes(app, settings.admin_token.get_secret_value() if settings.admin_token else None)
+    admin.mount(app, settings.admin_token.get_secret_value() if settings.admin_token else None)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_handler)  # unauthenticated: keep it off the internet
     app.router.add_get("/openapi.json", openapi)
-    app.cleanup_ctx.append(_lifecycle)
-    return app
 
 
-async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
+# -- resources: one cleanup context each, in start-up order ----------------------------------
+
+
+async def _stopped_log(app: web.Application) -> AsyncIterator[None]:
+    # First in, last out: the final line, after everything else closed (or failed to open).
+    yield
+    logs.log("stopped")
+    logs.flush()
+
+
+async def _store(app: web.Application) -> AsyncIterator[None]:
     store = app[STORE]
     await store.open()
-    try:
-        await app[api.INGEST].keys.check_master_key()
-    except MasterKeyError:
-        await store.close()
-        raise
+    yield
+    # Last of all: pending commits finish before the store closes, so every 202 sent is durable.
+    await store.close()
+
+
+async def _master_key_check(app: web.Application) -> AsyncIterator[None]:
+    # A wrong master key (MasterKeyError) stops the start-up before anything is served.
+    await app[INGEST].keys.check_master_key()
+    yield
+
+
+async def _mappings(app: web.Application) -> AsyncIterator[None]:
     reloader = app[RELOADER]
     await reloader.reload("start")
-    settings = app[SETTINGS]
+    watcher = asyncio.create_task(reloader.watch(), name="mappings-watcher")
+    yield
+    watcher.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await watcher
+
+
+async def _engine(app: web.Application) -> AsyncIterator[None]:
+    if not app[SETTINGS].delivery:
+        yield
+        return
     engine = app[ENGINE]
-    if settings.delivery:
-        await engine.start()
-    housekeeping = asyncio.create_task(_housekeeping(store, settings.retention))
-    watcher = asyncio.create_task(reloader.watch())
+    await engine.start()
+    yield
+    await engine.stop()
+
+
+async def _housekeeping_task(app: web.Application) -> AsyncIterator[None]:
+    task = asyncio.create_task(
+        _housekeeping(app[STORE], app[SETTINGS].retention), name="housekeeping"
+    )
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def _sighup(app: web.Application) -> AsyncIterator[None]:
     loop = asyncio.get_running_loop()
     with contextlib.suppress(NotImplementedError, RuntimeError):  # no signals off the main thread
-        loop.add_signal_handler(signal.SIGHUP, reloader.reload_soon, "SIGHUP")
+        loop.add_signal_handler(signal.SIGHUP, app[RELOADER].reload_soon, "SIGHUP")
     logs.log("started", groups=len(app[MAPPINGS]))
     yield
     with contextlib.suppress(NotImplementedError, RuntimeError):
         loop.remove_signal_handler(signal.SIGHUP)
-    watcher.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await watcher
-    housekeeping.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await housekeeping
-    if settings.delivery:
-        await engine.stop()
-    # Pending commits finish before the store closes: every 202 sent is durable.
-    await store.close()
-    logs.log("stopped")
-    logs.flush()
+
+
+# -- serving ---------------------------------------------------------------------------------
+
+
+def make_runner(app: web.Application, *, handle_signals: bool) -> web.AppRunner:
+    """The runner that serves ``app``: no access log (:func:`envelope_and_log` writes one line
+    per request); requests in flight get :data:`SHUTDOWN_TIMEOUT` seconds after a stop."""
+    return web.AppRunner(
+        app, access_log=None, handle_signals=handle_signals, shutdown_timeout=SHUTDOWN_TIMEOUT
+    )
+
+
+def _announce(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+async def _serve(
+    app: web.Application,
+    host: str,
+    port: int,
+    *,
+    reuse_port: bool | None,
+    handle_signals: bool,
+    announce: Callable[[str], None],
+) -> None:
+    runner = make_runner(app, handle_signals=handle_signals)
+    try:
+        await runner.setup()  # the application's start-up: every cleanup context, in order
+        site = web.TCPSite(runner, host, port, reuse_port=reuse_port)
+        await site.start()
+        announce(f"======== Running on {site.name} ========\n(Press CTRL+C to quit)")
+        await asyncio.Event().wait()  # until a stop signal cancels this task
+    finally:
+        # Also after a failed start-up: exits the contexts that had started (the store).
+        await runner.cleanup()
+
+
+def serve(
+    app: web.Application,
+    *,
+    host: str,
+    port: int,
+    reuse_port: bool | None = None,
+    handle_signals: bool = True,
+    announce: Callable[[str], None] = _announce,
+    loop: asyncio.AbstractEventLoop | None = None,
+) -> None:
+    """Serve ``app`` on ``host``:``port`` until SIGTERM or SIGINT (with ``handle_signals``; a
+    worker raises :class:`GracefulExit` itself), then stop gracefully.
+
+    As ``web.run_app`` does, except that a failure during start-up runs the application's
+    clean-up before it propagates, so whatever had opened is closed. ``announce`` is called
+    with a line naming the address once the server listens.
+    """
+    loop = loop or asyncio.new_event_loop()
+    main = loop.create_task(
+        _serve(
+            app,
+            host,
+            port,
+            reuse_port=reuse_port,
+            handle_signals=handle_signals,
+            announce=announce,
+        )
+    )
+    try:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(main)
+    except (GracefulExit, KeyboardInterrupt):
+        pass
+    finally:
+        try:
+            if not main.done():
+                # Only this task first: requests in flight, the engine and pending commits
+                # finish in its clean-up while everything else still runs.
+                main.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    loop.run_until_complete(main)
+        finally:
+            rest = asyncio.all_tasks(loop)
+            for task in rest:
+                task.cancel()
+            if rest:
+                loop.run_until_complete(asyncio.gather(*rest, return_exceptions=True))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            asyncio.set_event_loop(None)
+            loop.close()
 
 
 async def _housekeeping(store: Store, retention: float) -> None:

@@ -20,8 +20,12 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 ENV_PREFIX = "GATEWAY_"
+
+#: The shortest admin token accepted: 16 random characters are beyond guessing over HTTP.
+MIN_ADMIN_TOKEN_LENGTH = 16
 
 
 class Settings(BaseModel):
@@ -131,6 +135,30 @@ class Settings(BaseModel):
 
         parse_ranges(v)  # a ValueError names the bad item
         return v
+
+    @field_validator("admin_token")
+    @classmethod
+    def _strong_admin_token(cls, token: SecretStr | None) -> SecretStr | None:
+        # The message never contains the token: it is printed and may be logged.
+        if token is None:
+            return None
+        value = token.get_secret_value()
+        if len(value) < MIN_ADMIN_TOKEN_LENGTH:
+            raise PydanticCustomError(
+                "weak_admin_token",
+                "the admin token is too short: at least {minimum} characters are needed, it has "
+                "{length}; make one with: openssl rand -hex 32",
+                {"length": len(value), "minimum": MIN_ADMIN_TOKEN_LENGTH},
+            )
+        if not all("!" <= c <= "~" for c in value):
+            # It travels in an HTTP header, where spaces are trimmed and other characters are
+            # mangled by some clients: only visible ASCII matches reliably.
+            raise PydanticCustomError(
+                "weak_admin_token",
+                "the admin token may only hold visible ASCII characters (no spaces, no "
+                "accented letters); make one with: openssl rand -hex 32",
+            )
+        return token
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:

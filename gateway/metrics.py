@@ -28,6 +28,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
 from gateway import logs
+from gateway.appkeys import METRICS
 from gateway.delivery.attempt import EngineHooks
 from gateway.delivery.breaker import STATE_VALUES, BreakerState
 from gateway.delivery.lane import Lane
@@ -232,9 +233,6 @@ class Metrics:
         return encoder(self.registry), content_type
 
 
-METRICS = web.AppKey("metrics", Metrics)
-
-
 def calls_both(
     first: Callable[[int], None], second: Callable[[int], None]
 ) -> Callable[[int], None]:
@@ -249,7 +247,7 @@ def calls_both(
 
 async def metrics_handler(request: web.Request) -> web.Response:
     """``GET /metrics``: unauthenticated, like ``/healthz``; do not expose it publicly."""
-    m = request.app[METRICS]
+    m = request.config_dict[METRICS]
     await m.refresh()
     body, content_type = m.render(request.headers.get("Accept"))
     return web.Response(body=body, headers={"Content-Type": content_type})

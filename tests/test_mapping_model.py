@@ -173,8 +173,13 @@ def test_check_command_exit_codes_and_output(tmp_path: Path, capsys) -> None:
     assert report["ok"] is False
     assert report["groups"] == 1
     assert {p["file"] for p in report["problems"]} == {str(tmp_path / "broken.yaml")}
-    assert main(["check", str(tmp_path / "missing")]) == 1
-    assert "cannot read mappings directory" in capsys.readouterr().out
+    # A directory that cannot be read is no report of problems: an error, exit 2.
+    assert main(["check", str(tmp_path / "missing")]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.strip() == (
+        f"error: cannot read mappings directory {tmp_path / 'missing'}: No such file or directory"
+    )
 
 
 def test_literal_secrets_in_auth_blocks_are_refused(tmp_path: Path) -> None:

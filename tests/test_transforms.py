@@ -264,17 +264,6 @@ def test_pipeline_applies_in_order() -> None:
     assert run([{"default": "SE"}, "lower"], None) == "se"
 
 
-def test_trace_shows_every_step() -> None:
-    pipeline = parse_transforms(["trim", "first_word", "upper"])
-    assert pipeline.trace("  åsa öberg ") == [
-        ("trim", "åsa öberg"),
-        ("first_word", "åsa"),
-        ("upper", "ÅSA"),
-    ]
-    with pytest.raises(MappingError, match="upper expects text"):
-        parse_transforms(["to_int", "upper"]).trace("7")
-
-
 def test_single_transform_without_list_and_none_spec() -> None:
     assert run("upper", "a") == "A"
     assert run({"join": "-"}, ["a", "b"]) == "a-b"

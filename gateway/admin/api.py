@@ -1,19 +1,30 @@
-"""The admin API under ``/admin/v1``: bearer ``GATEWAY_ADMIN_TOKEN``; off when it is unset."""
+"""The admin API: a sub-application mounted at ``/admin/v1``, behind a bearer token.
+
+Every route of the sub-application (:mod:`gateway.admin.mappings`,
+:mod:`gateway.admin.deliveries`) is guarded by one middleware, :func:`admin_auth`: the
+``GATEWAY_ADMIN_TOKEN`` bearer token, compared in constant time; the API answers
+``403 ADMIN_API_DISABLED`` when the gateway runs without a token. Handlers read the main
+application's state through ``request.config_dict``.
+"""
 
 from __future__ import annotations
 
 import hmac
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
+from gateway.admin import deliveries, mappings
+from gateway.appkeys import ADMIN_TOKEN
 from gateway.errors import ApiError
 
-ADMIN_TOKEN = web.AppKey("admin_token", str)
+#: Where the sub-application is mounted.
+PREFIX = "/admin/v1"
 
 
 def require_admin(request: web.Request) -> None:
     """Raise unless the request carries the admin bearer token (compared in constant time)."""
-    token = request.app.get(ADMIN_TOKEN)
+    token = request.config_dict.get(ADMIN_TOKEN)
     if not token:
         raise ApiError(
             403,
@@ -29,14 +40,35 @@ def require_admin(request: web.Request) -> None:
             "The admin API needs 'Authorization: Bearer <GATEWAY_ADMIN_TOKEN>'",
             headers={"WWW-Authenticate": 'Bearer realm="gateway-admin"'},
         )
-    if not hmac.compare_digest(given.strip().encode(), token.encode()):
+    # aiohttp decodes header bytes as UTF-8 with surrogateescape: encoding back the same way
+    # gives the bytes the client sent, whatever they are (a plain .encode() raised on bytes
+    # that are not UTF-8, and the request answered 500).
+    given_bytes = given.strip().encode("utf-8", "surrogateescape")
+    if not hmac.compare_digest(given_bytes, token.encode()):
         raise ApiError(401, "INVALID_ADMIN_TOKEN", "The admin token is not valid")
 
 
-def add_routes(app: web.Application, admin_token: str | None) -> None:
-    """Register the admin API's routes; each handler module adds its own."""
-    from gateway.admin import deliveries, mappings
+@web.middleware
+async def admin_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Check the admin token before any admin handler runs.
 
-    app[ADMIN_TOKEN] = admin_token or ""
-    mappings.add_routes(app)
-    deliveries.add_routes(app)
+    A path or method the admin API does not have is passed on to answer 404 or 405 as
+    anywhere else (its match carries the HTTP error), token or not.
+    """
+    if request.match_info.http_exception is None:
+        require_admin(request)
+    return await handler(request)
+
+
+def create_admin_app(admin_token: str | None) -> web.Application:
+    """The admin sub-application; ``admin_token`` None or empty turns the API off (403)."""
+    admin = web.Application(middlewares=[admin_auth])
+    admin[ADMIN_TOKEN] = admin_token or ""
+    mappings.add_routes(admin)
+    deliveries.add_routes(admin)
+    return admin
+
+
+def mount(app: web.Application, admin_token: str | None) -> None:
+    """Mount the admin API on ``app`` at :data:`PREFIX`."""
+    app.add_subapp(PREFIX, create_admin_app(admin_token))

@@ -13,8 +13,7 @@ from typing import Any, TypeVar
 import orjson
 from aiohttp import web
 
-from gateway.admin.api import require_admin
-from gateway.delivery.engine import ENGINE
+from gateway.appkeys import ENGINE, MAPPINGS, SETTINGS, STORE
 from gateway.errors import ApiError, json_response
 from gateway.ingest.api import delivery_view, iso
 from gateway.store.base import (
@@ -173,9 +172,6 @@ def attempt_view(a: Attempt) -> dict[str, Any]:
 async def list_deliveries(request: web.Request) -> web.Response:
     """``GET /admin/v1/deliveries``: deliveries matching the filter, oldest first, a page at
     a time; ``next_cursor`` continues (null on the last page)."""
-    from gateway.app import STORE
-
-    require_admin(request)
     q = _query(request)
     flt = _filter(q, states=tuple(s.value for s in DeliveryState), code="INVALID_PARAMETER")
     limit = _limit("limit", q["limit"], MAX_LIMIT, "INVALID_PARAMETER") if "limit" in q else None
@@ -184,7 +180,9 @@ async def list_deliveries(request: web.Request) -> web.Response:
         raise _bad("cursor", "empty; leave it out for the first page")
     try:
         page = await _store(
-            request.app[STORE].list_deliveries(flt, cursor=cursor, limit=limit or DEFAULT_LIMIT)
+            request.config_dict[STORE].list_deliveries(
+                flt, cursor=cursor, limit=limit or DEFAULT_LIMIT
+            )
         )
     except ValueError:
         raise _bad("cursor", "not a cursor this API gave out (next_cursor)") from None
@@ -195,11 +193,8 @@ async def list_deliveries(request: web.Request) -> web.Response:
 
 async def get_delivery(request: web.Request) -> web.Response:
     """``GET /admin/v1/deliveries/{id}``: the delivery, its lease, and every attempt."""
-    from gateway.app import STORE
-
-    require_admin(request)
     did = request.match_info["id"]
-    store = request.app[STORE]
+    store = request.config_dict[STORE]
     d = await _store(store.get_delivery(did))
     if d is None:
         raise ApiError(404, "DELIVERY_NOT_FOUND", f"No delivery with id '{did}'")
@@ -219,9 +214,6 @@ async def replay(request: web.Request) -> web.Response:
     """``POST /admin/v1/deliveries/replay`` ``{"ids": [...]}`` or ``{"filter": {...},
     "limit": N}``: put dead (or delivered) deliveries back to pending, due now. They are
     mapped when sent, so through the mapping live then."""
-    from gateway.app import STORE
-
-    require_admin(request)
     raw = await request.read()
     try:
         body = orjson.loads(raw)
@@ -269,10 +261,10 @@ async def replay(request: web.Request) -> web.Response:
             )
         flt = _filter(given, states=("dead", "delivered"), prefix="filter.", code="INVALID_REQUEST")
     replayed = await _store(
-        request.app[STORE].replay_deliveries(now=time.time(), ids=ids, flt=flt, limit=limit)
+        request.config_dict[STORE].replay_deliveries(now=time.time(), ids=ids, flt=flt, limit=limit)
     )
     if replayed:
-        request.app[ENGINE].notify()
+        request.config_dict[ENGINE].notify()
     return json_response({"replayed": len(replayed), "ids": replayed})
 
 
@@ -321,14 +313,13 @@ def _lane_view(
     }
 
 
-async def _lanes(app: web.Application, only: tuple[str, str] | None = None) -> list[dict]:
-    from gateway.app import MAPPINGS, STORE
-
-    store, registry = app[STORE], app[MAPPINGS]
+async def _lanes(request: web.Request, only: tuple[str, str] | None = None) -> list[dict[str, Any]]:
+    config = request.config_dict
+    store, registry = config[STORE], config[MAPPINGS]
     now = time.time()
     stats = {(s.group_key, s.integration): s for s in await _store(store.lane_stats(now))}
     paused = await _store(store.paused_lanes())
-    live = {(s["group_key"], s["integration"]): s for s in app[ENGINE].status()}
+    live = {(s["group_key"], s["integration"]): s for s in config[ENGINE].status()}
     declared: dict[tuple[str, str], Any] = {}
     for group in registry.groups():
         mapping = registry.get(group)
@@ -346,22 +337,17 @@ async def _lanes(app: web.Application, only: tuple[str, str] | None = None) -> l
 async def list_lanes(request: web.Request) -> web.Response:
     """``GET /admin/v1/lanes``: every lane (group, integration) known to the mappings, the
     store or this process's engine: breaker, pause, queue, backlog, counters, last error."""
-    from gateway.app import SETTINGS
-
-    require_admin(request)
     return json_response(
         {
-            "lanes": await _lanes(request.app),
-            "delivery_engine": request.app[SETTINGS].delivery,
+            "lanes": await _lanes(request),
+            "delivery_engine": request.config_dict[SETTINGS].delivery,
         }
     )
 
 
 def _declared_lane(request: web.Request) -> tuple[str, str]:
-    from gateway.app import MAPPINGS
-
     group, name = request.match_info["group"], request.match_info["integration"]
-    mapping = request.app[MAPPINGS].get(group)
+    mapping = request.config_dict[MAPPINGS].get(group)
     if mapping is None:
         raise ApiError(404, "UNKNOWN_LANE", f"group {group!r} has no live mapping")
     if mapping.integration(name) is None:
@@ -378,28 +364,26 @@ def _declared_lane(request: web.Request) -> tuple[str, str]:
 async def pause_lane(request: web.Request) -> web.Response:
     """``POST /admin/v1/lanes/{group}/{integration}/pause``: stop sending on the lane (kept
     across restarts); its deliveries stay pending. Answers the lane's status."""
-    require_admin(request)
     key = _declared_lane(request)
-    await _store(request.app[ENGINE].pause(*key))
-    [lane] = await _lanes(request.app, only=key)
+    await _store(request.config_dict[ENGINE].pause(*key))
+    [lane] = await _lanes(request, only=key)
     return json_response(lane)
 
 
 async def resume_lane(request: web.Request) -> web.Response:
     """``POST /admin/v1/lanes/{group}/{integration}/resume``: send again; every pending
     delivery of the lane is due now. Answers the lane's status."""
-    require_admin(request)
     key = _declared_lane(request)
-    await _store(request.app[ENGINE].resume(*key))
-    [lane] = await _lanes(request.app, only=key)
+    await _store(request.config_dict[ENGINE].resume(*key))
+    [lane] = await _lanes(request, only=key)
     return json_response(lane)
 
 
 def add_routes(app: web.Application) -> None:
-    """Register the delivery and lane routes."""
-    app.router.add_get("/admin/v1/deliveries", list_deliveries)
-    app.router.add_post("/admin/v1/deliveries/replay", replay)
-    app.router.add_get("/admin/v1/deliveries/{id}", get_delivery)
-    app.router.add_get("/admin/v1/lanes", list_lanes)
-    app.router.add_post("/admin/v1/lanes/{group}/{integration}/pause", pause_lane)
-    app.router.add_post("/admin/v1/lanes/{group}/{integration}/resume", resume_lane)
+    """Register the delivery and lane routes on the admin sub-application."""
+    app.router.add_get("/deliveries", list_deliveries)
+    app.router.add_post("/deliveries/replay", replay)
+    app.router.add_get("/deliveries/{id}", get_delivery)
+    app.router.add_get("/lanes", list_lanes)
+    app.router.add_post("/lanes/{group}/{integration}/pause", pause_lane)
+    app.router.add_post("/lanes/{group}/{integration}/resume", resume_lane)

@@ -1,29 +1,25 @@
-"""Admin API: mapping groups and reload."""
+"""Admin API: mapping groups, reload and preview."""
 
 from __future__ import annotations
 
+import orjson
 from aiohttp import web
 
-from gateway.admin.api import require_admin
-from gateway.errors import json_response
+from gateway.appkeys import MAPPINGS, RELOADER, SETTINGS
+from gateway.errors import ApiError, json_response
+from gateway.mapping.preview import limits_of, preview_group
 
 
 async def reload_mappings(request: web.Request) -> web.Response:
     """``POST /admin/v1/reload``: reload changed mapping files now; what changed and failed."""
-    from gateway.app import RELOADER
-
-    require_admin(request)
-    result = await request.app[RELOADER].reload("admin")
+    result = await request.config_dict[RELOADER].reload("admin")
     return json_response(result.to_dict())
 
 
 async def list_groups(request: web.Request) -> web.Response:
     """``GET /admin/v1/groups``: every live group, its version and integrations, and every
     mapping file whose latest version failed to load."""
-    from gateway.app import MAPPINGS
-
-    require_admin(request)
-    registry = request.app[MAPPINGS]
+    registry = request.config_dict[MAPPINGS]
     groups = []
     for key in registry.groups():
         mapping = registry.get(key)
@@ -56,13 +52,6 @@ async def preview_record(request: web.Request) -> web.Response:
     the group would get for the record (the document ``gateway preview --json`` prints);
     nothing is sent or stored. 404 when the group has no live mapping (with its file's errors
     when the file is broken)."""
-    import orjson
-
-    from gateway.app import MAPPINGS, SETTINGS
-    from gateway.errors import ApiError
-    from gateway.mapping.preview import limits_of, preview_group
-
-    require_admin(request)
     try:
         body = orjson.loads(await request.read())
     except orjson.JSONDecodeError as exc:
@@ -75,8 +64,9 @@ async def preview_record(request: web.Request) -> web.Response:
             errors=[{"field": "group_key", "message": "required, a string"}],
         )
     group = body["group_key"]
-    registry = request.app[MAPPINGS]
-    doc = preview_group(registry, group, body.get("data"), limits=limits_of(request.app[SETTINGS]))
+    registry = request.config_dict[MAPPINGS]
+    settings = request.config_dict[SETTINGS]
+    doc = preview_group(registry, group, body.get("data"), limits=limits_of(settings))
     if doc is None:
         problems = registry.problems_of(group)
         raise ApiError(
@@ -91,7 +81,7 @@ async def preview_record(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application) -> None:
-    """Register the mapping routes (groups, reload, preview)."""
-    app.router.add_get("/admin/v1/groups", list_groups)
-    app.router.add_post("/admin/v1/reload", reload_mappings)
-    app.router.add_post("/admin/v1/preview", preview_record)
+    """Register the mapping routes (groups, reload, preview) on the admin sub-application."""
+    app.router.add_get("/groups", list_groups)
+    app.router.add_post("/reload", reload_mappings)
+    app.router.add_post("/preview", preview_record)

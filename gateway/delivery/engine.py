@@ -25,9 +25,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from aiohttp import web
-
 from gateway import logs
+from gateway.appkeys import ENGINE as ENGINE  # its key moved there; importers keep working
 from gateway.delivery.attempt import Attempts, EngineHooks
 from gateway.delivery.breaker import BreakerState
 from gateway.delivery.lane import Lane, LaneConfig, monotonic_to_wall
@@ -406,7 +405,3 @@ class DeliveryEngine(Attempts):
         task = asyncio.create_task(coro)
         self._attempts.add(task)
         task.add_done_callback(self._attempts.discard)
-
-
-#: The application's engine (``request.app[ENGINE]``).
-ENGINE = web.AppKey("engine", DeliveryEngine)

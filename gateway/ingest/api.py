@@ -16,6 +16,7 @@ import orjson
 from aiohttp import web
 
 from gateway import logs
+from gateway.appkeys import INGEST
 from gateway.auth.keys import KeyRing
 from gateway.auth.request import Principal, authenticate_body, authenticate_head
 from gateway.auth.sigv4 import SigV4Verifier
@@ -56,9 +57,6 @@ class Ingest:
     body_timeout: float
     # Called with the number of records after each commit: wakes the delivery engine, counts.
     on_commit: Callable[[int], None] | None = None
-
-
-INGEST = web.AppKey("ingest", Ingest)
 
 
 def iso(ts: float | None) -> str | None:

@@ -27,13 +27,13 @@ from __future__ import annotations
 
 import operator
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from gateway.mapping.errors import ErrorCollector, KeyPath, SpecErrors
 from gateway.mapping.transforms import is_flat, kind_of, suggest
 
-Predicate = Callable[[dict[str, Any]], bool]
+Predicate = Callable[[Mapping[str, Any]], bool]
 
 OPERATORS = ("eq", "ne", "in", "nin", "gt", "gte", "lt", "lte", "exists", "regex")
 COMBINATORS = ("all", "any", "not")
@@ -53,7 +53,7 @@ class Condition:
         self.attributes: tuple[str, ...] = tuple(dict.fromkeys(attributes))
         self.spec = spec
 
-    def matches(self, data: dict[str, Any]) -> bool:
+    def matches(self, data: Mapping[str, Any]) -> bool:
         """Whether the record's flat ``data`` satisfies the condition. Never raises."""
         return self._predicate(data)
 
@@ -245,7 +245,7 @@ def _compile_operator(
 
 
 def _make_eq(name: str, arg: Any, *, negate: bool) -> Predicate:
-    def eq(data: dict[str, Any]) -> bool:
+    def eq(data: Mapping[str, Any]) -> bool:
         value = data.get(name, _ABSENT)
         return value is not _ABSENT and same(value, arg)
 
@@ -261,7 +261,7 @@ def _make_in(name: str, arg: list[Any], *, negate: bool) -> Predicate:
         key = _member_key(value)
         return key is not None and key in members
 
-    def is_in(data: dict[str, Any]) -> bool:
+    def is_in(data: Mapping[str, Any]) -> bool:
         value = data.get(name, _ABSENT)
         if value is _ABSENT:
             return False
@@ -277,13 +277,13 @@ def _make_in(name: str, arg: list[Any], *, negate: bool) -> Predicate:
 def _make_order(name: str, compare: Callable[[Any, Any], bool], arg: Any) -> Predicate:
     if isinstance(arg, str):
 
-        def text_order(data: dict[str, Any]) -> bool:
+        def text_order(data: Mapping[str, Any]) -> bool:
             value = data.get(name)
             return isinstance(value, str) and compare(value, arg)
 
         return text_order
 
-    def number_order(data: dict[str, Any]) -> bool:
+    def number_order(data: Mapping[str, Any]) -> bool:
         value = data.get(name)
         return (
             isinstance(value, int | float) and not isinstance(value, bool) and compare(value, arg)
@@ -293,7 +293,7 @@ def _make_order(name: str, compare: Callable[[Any, Any], bool], arg: Any) -> Pre
 
 
 def _make_regex(name: str, regex: re.Pattern[str]) -> Predicate:
-    def search(data: dict[str, Any]) -> bool:
+    def search(data: Mapping[str, Any]) -> bool:
         value = data.get(name)
         if isinstance(value, str):
             return regex.search(value) is not None

@@ -68,16 +68,6 @@ def load_file(
     return compiled, []
 
 
-def check_directory(directory: Path, environ: Mapping[str, str] | None = None) -> list[Problem]:
-    """Every problem in every mapping file of ``directory``."""
-    if not directory.is_dir():
-        return [Problem(str(directory), None, "(directory)", "not a directory")]
-    problems: list[Problem] = []
-    for path in sorted(directory.glob("*.yaml")):
-        problems.extend(load_file(path, environ)[1])
-    return problems
-
-
 @dataclass(slots=True)
 class ReloadResult:
     """What a reload did."""

@@ -46,10 +46,12 @@ class RetryOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    base: float = Field(1.0, description="First backoff, seconds.")
-    cap: float = Field(600.0, description="Longest backoff, seconds.")
-    max_attempts: int = Field(30, ge=1, description="Give up after this many attempts.")
-    max_age: float = Field(86400.0, description="Give up this long after the record arrived.")
+    base: float = Field(default=1.0, description="First backoff, seconds.")
+    cap: float = Field(default=600.0, description="Longest backoff, seconds.")
+    max_attempts: int = Field(default=30, ge=1, description="Give up after this many attempts.")
+    max_age: float = Field(
+        default=86400.0, description="Give up this long after the record arrived."
+    )
 
     @field_validator("base", "cap", "max_age", mode="before")
     @classmethod
@@ -62,17 +64,17 @@ class BreakerOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    failures: int = Field(5, ge=1, description="Consecutive failed requests that open it.")
+    failures: int = Field(default=5, ge=1, description="Consecutive failed requests that open it.")
     failure_ratio: float = Field(
-        0.5, gt=0, le=1, description="Share of failed requests in the window that opens it."
+        default=0.5, gt=0, le=1, description="Share of failed requests in the window that opens it."
     )
-    window: float = Field(60.0, description="Window of the failure ratio (60s).")
+    window: float = Field(default=60.0, description="Window of the failure ratio (60s).")
     min_requests: int = Field(
-        20, ge=1, description="Requests in the window before the ratio counts."
+        default=20, ge=1, description="Requests in the window before the ratio counts."
     )
-    cooldown: float = Field(30.0, description="Open this long before a probe (30s).")
+    cooldown: float = Field(default=30.0, description="Open this long before a probe (30s).")
     max_cooldown: float = Field(
-        600.0, description="Each failed probe doubles the cooldown, up to this (10m)."
+        default=600.0, description="Each failed probe doubles the cooldown, up to this (10m)."
     )
 
     @field_validator("window", "cooldown", "max_cooldown", mode="before")
@@ -106,15 +108,19 @@ class DeliveryOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    rate_limit: float | None = Field(None, description="Requests per second (10/s, 600/min).")
-    concurrency: int | None = Field(None, ge=1, le=1000, description="Requests in flight.")
-    batch_size: int | None = Field(None, ge=1, le=10000, description="Records per request.")
-    batch_wait: float | None = Field(None, description="Longest wait to fill a batch (250ms).")
-    timeout: float | None = Field(None, description="Request timeout (30s).")
+    rate_limit: float | None = Field(
+        default=None, description="Requests per second (10/s, 600/min)."
+    )
+    concurrency: int | None = Field(default=None, ge=1, le=1000, description="Requests in flight.")
+    batch_size: int | None = Field(default=None, ge=1, le=10000, description="Records per request.")
+    batch_wait: float | None = Field(
+        default=None, description="Longest wait to fill a batch (250ms)."
+    )
+    timeout: float | None = Field(default=None, description="Request timeout (30s).")
     retry: RetryOptions = Field(default_factory=RetryOptions)
     breaker: BreakerOptions = Field(default_factory=BreakerOptions)
     ordering_key: str | None = Field(
-        None, description="Attribute whose equal values are delivered in order."
+        default=None, description="Attribute whose equal values are delivered in order."
     )
     destinations: DestinationOptions | None = Field(
         None, description="This entry's destination policy, within the gateway's."

@@ -178,7 +178,8 @@ def preview(
         at = time.time() if now is None else now
         doc["integrations"] = [_entry(i, data, at) for i in mapping.integrations]
     # Exactly what JSON carries: the CLI and the admin API print the same document.
-    return orjson.loads(orjson.dumps(doc, default=str))
+    plain: dict[str, Any] = orjson.loads(orjson.dumps(doc, default=str))
+    return plain
 
 
 def preview_group(

@@ -23,7 +23,7 @@ Templates: a missing or null attribute renders as empty text, lists as their ite
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from gateway.mapping.errors import ErrorCollector, KeyPath, MappingError, SpecErrors
@@ -66,7 +66,7 @@ MISSING: Any = _Missing()
 KINDS = ("path", "value", "template", "first_of")
 _OPTIONS = ("default", "transform", "required")
 
-Reader = Callable[[dict[str, Any]], Any]
+Reader = Callable[[Mapping[str, Any]], Any]
 
 
 class Source:
@@ -108,7 +108,7 @@ class Source:
         self.required = required
         self.spec = spec
 
-    def evaluate(self, data: dict[str, Any]) -> Any:
+    def evaluate(self, data: Mapping[str, Any]) -> Any:
         """The source's value for the record ``data``, or :data:`MISSING`.
 
         Raises MappingError (with ``source`` set) when a transform fails or a required
@@ -222,7 +222,7 @@ def _parse(spec: Any, path: KeyPath, errors: ErrorCollector) -> Source | None:
 
 
 def _path_source(name: str, spec: Any) -> Source:
-    def read(data: dict[str, Any]) -> Any:
+    def read(data: Mapping[str, Any]) -> Any:
         return data.get(name, MISSING)
 
     return Source("path", read, attributes=(name,), label=name, spec=spec)
@@ -242,7 +242,7 @@ def _parse_value(arg: Any, path: KeyPath, errors: ErrorCollector) -> Source | No
     if isinstance(arg, list):
         items = tuple(arg)
 
-        def read_list(data: dict[str, Any]) -> Any:
+        def read_list(data: Mapping[str, Any]) -> Any:
             return list(items)  # a fresh list: nothing downstream may change the constant
 
         return Source("value", read_list, label="value", spec=arg)
@@ -313,7 +313,7 @@ def _parse_template(arg: Any, path: KeyPath, errors: ErrorCollector) -> Source |
         return Source("template", lambda data: constant, label=label, spec=arg)
     compiled = tuple(parts)
 
-    def read(data: dict[str, Any]) -> Any:
+    def read(data: Mapping[str, Any]) -> Any:
         out: list[str] = []
         found = False
         for part in compiled:
@@ -342,7 +342,7 @@ def _parse_first_of(arg: Any, path: KeyPath, errors: ErrorCollector) -> Source |
         return None
     names = tuple(arg)
 
-    def read(data: dict[str, Any]) -> Any:
+    def read(data: Mapping[str, Any]) -> Any:
         for name in names:
             value = data.get(name, MISSING)
             if value is not MISSING and not is_blank(value):

@@ -251,17 +251,6 @@ class Pipeline:
                 ) from exc
         return value
 
-    def trace(self, value: Any) -> list[tuple[str, Any]]:
-        """Each step's name and output, in order, for previews that show how a value was made.
-
-        A failing step raises its MappingError, as :meth:`apply` does.
-        """
-        out: list[tuple[str, Any]] = []
-        for step in self.steps:
-            value = Pipeline((step,)).apply(value)
-            out.append((step.name, value))
-        return out
-
     @property
     def names(self) -> tuple[str, ...]:
         """The transforms' names, in order."""
@@ -563,12 +552,12 @@ def _to_float(arg: Any, path: KeyPath, errors: ErrorCollector) -> Fn:
             text = value.strip()
             if not text:
                 return None
-            number = parse_float_text(text)
-            if number is None:
+            parsed = parse_float_text(text)
+            if parsed is None:
                 raise MappingError(
                     "to_float: not a decimal number (use . for decimals)", value=value
                 )
-            return number
+            return parsed
         raise _wrong_type("to_float", value, "a number or text")
 
     return _per_item(apply)
