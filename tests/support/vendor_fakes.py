@@ -1,0 +1,152 @@
+"""Local fakes of the SaaS vendors' APIs: answer functions for :class:`Receiver` that give
+the vendor's real answer shapes (success, partial failure, rate limit, expired or wrong
+credentials, server error), as the vendors document them.
+
+Each fake has a ``plan``: the shapes of the next answers, one per request, then ``default``.
+Records whose id contains ``invalid`` are the ones a partial failure refuses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from tests.support.receiver import Answer, Received
+
+JSON = {"Content-Type": "application/json;charset=utf-8"}
+
+
+@dataclass
+class Fake:
+    """A scripted vendor: ``plan`` is consumed one shape a request, then ``default``."""
+
+    shapes: dict[str, Callable[[Received], Answer]]
+    default: str = "success"
+    plan: list[str] = field(default_factory=list)
+    answered: list[str] = field(default_factory=list)  # the shape of each answer, in order
+
+    def __call__(self, r: Received) -> Answer:
+        shape = self.plan.pop(0) if self.plan else self.default
+        self.answered.append(shape)
+        return self.shapes[shape](r)
+
+
+def _json(status: int, doc: Any, headers: dict[str, str] | None = None) -> Answer:
+    return Answer(status, {**JSON, **(headers or {})}, orjson.dumps(doc))
+
+
+# -- HubSpot (CRM v3 batch upsert) ----------------------------------------------------------
+# https://developers.hubspot.com/docs/api/crm/contacts (batch upsert), .../api/usage-details
+# (429 body and X-HubSpot-RateLimit-* headers), .../api/error-handling (error categories).
+
+
+def _hubspot_result(inp: dict[str, Any], n: int) -> dict[str, Any]:
+    return {
+        "id": str(1000 + n),
+        "properties": {**inp["properties"], "hs_object_id": str(1000 + n)},
+        "createdAt": "2026-12-06T09:00:00.000Z",
+        "updatedAt": "2026-12-06T09:00:00.000Z",
+        "archived": False,
+        "new": True,
+        "objectWriteTraceId": inp.get("objectWriteTraceId"),
+    }
+
+
+def _hubspot_success(r: Received) -> Answer:
+    inputs = r.json()["inputs"]
+    return _json(
+        200,
+        {
+            "status": "COMPLETE",
+            "results": [_hubspot_result(i, n) for n, i in enumerate(inputs)],
+            "startedAt": "2026-12-06T09:00:00.000Z",
+            "completedAt": "2026-12-06T09:00:00.100Z",
+        },
+    )
+
+
+def _hubspot_partial(by: str) -> Callable[[Received], Answer]:
+    def answer(r: Received) -> Answer:
+        inputs = r.json()["inputs"]
+        good = [i for i in inputs if "invalid" not in i["id"]]
+        bad = [i for i in inputs if "invalid" in i["id"]]
+        errors = []
+        for i in bad:
+            context = (
+                {"ids": [i["id"]]}
+                if by == "ids"
+                else {"objectWriteTraceId": [i["objectWriteTraceId"]]}
+                if by == "trace"
+                else {}
+            )
+            errors.append(
+                {
+                    "status": "error",
+                    "category": "VALIDATION_ERROR",
+                    "message": 'Property values were not valid: [{"isValid":false,"message":'
+                    f'"Email address {i["id"]} is invalid","error":"INVALID_EMAIL",'
+                    '"name":"email"}]',
+                    "context": context,
+                }
+            )
+        return _json(
+            207,
+            {
+                "status": "COMPLETE",
+                "results": [_hubspot_result(i, n) for n, i in enumerate(good)],
+                "numErrors": len(errors),
+                "errors": errors,
+                "startedAt": "2026-12-06T09:00:00.000Z",
+                "completedAt": "2026-12-06T09:00:00.100Z",
+            },
+        )
+
+    return answer
+
+
+def hubspot(interval_ms: int = 10_000) -> Fake:
+    """HubSpot's batch upsert endpoint."""
+    return Fake(
+        {
+            "success": _hubspot_success,
+            "partial": _hubspot_partial("trace"),
+            "partial_by_id": _hubspot_partial("ids"),
+            "partial_unattributed": _hubspot_partial("none"),
+            "rate_limit": lambda r: _json(
+                429,
+                {
+                    "status": "error",
+                    "message": "You have reached your ten_secondly_rolling limit.",
+                    "errorType": "RATE_LIMIT",
+                    "correlationId": "c1a1e7a2-64f0-4f5e-9b8e-1f1c2d3e4f50",
+                    "policyName": "TEN_SECONDLY_ROLLING",
+                },
+                {
+                    "X-HubSpot-RateLimit-Interval-Milliseconds": str(interval_ms),
+                    "X-HubSpot-RateLimit-Max": "100",
+                    "X-HubSpot-RateLimit-Remaining": "0",
+                },
+            ),
+            "expired_token": lambda r: _json(
+                401,
+                {
+                    "status": "error",
+                    "message": "The OAuth token used to make this call expired 2 hour(s) ago.",
+                    "correlationId": "7b7a2b8e-33f2-4a55-a6b1-9f0c6f1d2e3a",
+                    "category": "EXPIRED_AUTHENTICATION",
+                },
+            ),
+            "server_error": lambda r: _json(
+                502,
+                {
+                    "status": "error",
+                    "message": "internal error",
+                    "correlationId": "0d3c0f1e-2b4a-4c5d-8e6f-7a8b9c0d1e2f",
+                    "category": "INTERNAL_ERROR",
+                },
+            ),
+        }
+    )
