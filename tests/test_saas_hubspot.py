@@ -217,8 +217,8 @@ async def test_an_expired_token_is_permanent_with_hubspots_message(tmp_path: Pat
 async def test_server_errors_retry_until_delivered(tmp_path: Path) -> None:
     fake = vendor_fakes.hubspot()
     fake.plan = ["server_error", "server_error"]
-    sent, done = await engine_requests(tmp_path, ENTRY, _records("a@x.se", "b@x.se"), fake)
-    assert [d.state for d in done] == [DeliveryState.DELIVERED] * 2
+    sent, done = await engine_requests(tmp_path, ENTRY, _records("a@x.se"), fake)
+    assert [d.state for d in done] == [DeliveryState.DELIVERED]
     assert fake.answered[:3] == ["server_error", "server_error", "success"]
     assert len(sent) == 3
 

@@ -46,9 +46,9 @@ def received_at(delivery_id: str) -> str:
     try:
         ms = int(delivery_id.removeprefix("dlv_")[:12], 16)
     except ValueError:
-        return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
     when = dt.datetime.fromtimestamp(ms / 1000, dt.UTC)
-    return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return when.isoformat(timespec="milliseconds")
 
 
 def _set(doc: dict[str, Any], dotted: str, value: Any) -> None:
@@ -66,7 +66,16 @@ def message(action: str, delivery_id: str, fields: dict[str, Any]) -> dict[str, 
     """One Segment message of ``action`` (identify, track) from a record's mapped fields."""
     if not fields.get("userId") and not fields.get("anonymousId"):
         raise MappingError("Segment needs userId or anonymousId, and neither has a value")
-    msg: dict[str, Any] = {"type": action, "messageId": delivery_id}
+    # The keys Segment's own libraries always send (absent ids as null, no integrations
+    # filter), so a message reads the same in Segment's debugger whoever sent it.
+    msg: dict[str, Any] = {
+        "type": action,
+        "messageId": delivery_id,
+        "userId": None,
+        "anonymousId": None,
+        "integrations": {},
+        "context": {},
+    }
     if action == "track":
         _saas.need(fields, "event", "a track call names its event")
         msg["properties"] = {}
@@ -77,7 +86,6 @@ def message(action: str, delivery_id: str, fields: dict[str, Any]) -> dict[str, 
             continue
         _set(msg, name, value)
     msg.setdefault("timestamp", received_at(delivery_id))
-    msg.setdefault("context", {})
     return msg
 
 

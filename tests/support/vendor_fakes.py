@@ -150,3 +150,36 @@ def hubspot(interval_ms: int = 10_000) -> Fake:
             ),
         }
     )
+
+
+# -- Segment (HTTP tracking API /v1/batch) --------------------------------------------------
+# https://segment.com/docs/connections/sources/catalog/libraries/server/http-api/ (errors:
+# 200 for accepted batches, 400 for too large or malformed, 429 with Retry-After).
+
+
+def segment(retry_after: str = "1") -> Fake:
+    """Segment's batch endpoint."""
+    return Fake(
+        {
+            "success": lambda r: _json(200, {"success": True}),
+            "too_large": lambda r: _json(
+                400,
+                {
+                    "success": False,
+                    "message": "batch size exceeds 500KB",
+                    "code": "invalid_request",
+                },
+            ),
+            "rate_limit": lambda r: Answer(
+                429,
+                {"Retry-After": retry_after, "Content-Type": "text/plain"},
+                b"Too Many Requests",
+            ),
+            "bad_key": lambda r: _json(
+                401, {"success": False, "message": "Invalid write key", "code": "unauthorized"}
+            ),
+            "server_error": lambda r: Answer(
+                503, {"Content-Type": "text/plain"}, b"Service Unavailable"
+            ),
+        }
+    )
