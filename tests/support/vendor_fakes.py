@@ -183,3 +183,27 @@ def segment(retry_after: str = "1") -> Fake:
             ),
         }
     )
+
+
+# -- Slack (incoming webhooks) --------------------------------------------------------------
+# https://api.slack.com/messaging/webhooks#handling_errors: plain-text answers, "ok" or an
+# error word with its status; https://api.slack.com/apis/rate-limits: 429 with Retry-After.
+
+
+def _text(status: int, text: str, headers: dict[str, str] | None = None) -> Answer:
+    return Answer(status, {"Content-Type": "text/html", **(headers or {})}, text.encode())
+
+
+def slack(retry_after: str = "1") -> Fake:
+    """A Slack incoming webhook."""
+    return Fake(
+        {
+            "success": lambda r: _text(200, "ok"),
+            "invalid_payload": lambda r: _text(400, "invalid_payload"),
+            "channel_is_archived": lambda r: _text(410, "channel_is_archived"),
+            "rate_limit": lambda r: _text(429, "rate_limited", {"Retry-After": retry_after}),
+            "invalid_token": lambda r: _text(403, "invalid_token"),
+            "no_service": lambda r: _text(404, "no_service"),
+            "server_error": lambda r: _text(500, "rollup_error"),
+        }
+    )
