@@ -142,6 +142,25 @@ def chunks(
     return out
 
 
+def distinct_rounds(
+    entries: list[tuple[str, Any]], key: Callable[[Any], str]
+) -> list[list[tuple[str, Any]]]:
+    """Entries split so that no run holds two with the same ``key`` (vendors refuse or
+    merge a batch that names one record twice); a later duplicate goes to a later run, so
+    its request is built after the earlier one's. Order is kept within each run."""
+    rounds: list[tuple[set[str], list[tuple[str, Any]]]] = []
+    for item in entries:
+        k = key(item[1])
+        for seen, run in rounds:
+            if k not in seen:
+                seen.add(k)
+                run.append(item)
+                break
+        else:
+            rounds.append(({k}, [item]))
+    return [run for _, run in rounds]
+
+
 def too_big(entries: Iterable[tuple[str, Any]], limit: int, what: str) -> dict[str, Any]:
     """``{delivery_id: MappingError}`` for entries whose JSON is over ``limit`` bytes."""
     out: dict[str, Any] = {}

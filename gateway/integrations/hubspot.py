@@ -81,16 +81,7 @@ def build(
         )
     _saas.raise_failed(failed, integration)
 
-    # A later record with an id already in a request goes to the next request instead.
-    rounds: list[list[tuple[str, dict[str, Any]]]] = []
-    for item in inputs:
-        key = item[1]["id"].lower()
-        for r in rounds:
-            if all(other[1]["id"].lower() != key for other in r):
-                r.append(item)
-                break
-        else:
-            rounds.append([item])
+    rounds = _saas.distinct_rounds(inputs, lambda e: str(e["id"]).lower())
 
     url = (
         f"{_saas.base_url(integration, DEFAULT_BASE_URL)}/crm/v3/objects/"

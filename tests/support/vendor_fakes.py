@@ -207,3 +207,77 @@ def slack(retry_after: str = "1") -> Fake:
             "server_error": lambda r: _text(500, "rollup_error"),
         }
     )
+
+
+# -- Mailchimp (Marketing API 3.0, batch subscribe) -----------------------------------------
+# https://mailchimp.com/developer/marketing/api/lists/batch-subscribe-or-unsubscribe/ (200 with
+# per-member errors) and .../docs/errors/ (RFC 7807 problem documents, 429 for more than 10
+# simultaneous connections, no Retry-After).
+
+
+def _problem(status: int, title: str, detail: str) -> Answer:
+    return Answer(
+        status,
+        {"Content-Type": "application/problem+json; charset=utf-8"},
+        orjson.dumps(
+            {
+                "type": "https://mailchimp.com/developer/marketing/docs/errors/",
+                "title": title,
+                "status": status,
+                "detail": detail,
+                "instance": "2f3e1a0b-9c8d-4e7f-a6b5-c4d3e2f1a0b9",
+            }
+        ),
+    )
+
+
+def _mailchimp_batch(r: Received) -> Answer:
+    members = r.json()["members"]
+    good = [m for m in members if "invalid" not in m["email_address"]]
+    errors = [
+        {
+            "email_address": m["email_address"],
+            "error": f"{m['email_address']} looks fake or invalid, please enter a real email "
+            "address.",
+            "error_code": "ERROR_GENERIC",
+        }
+        for m in members
+        if "invalid" in m["email_address"]
+    ]
+    return _json(
+        200,
+        {
+            "new_members": [
+                {"id": f"{n:032x}", "email_address": m["email_address"], "status": m["status"]}
+                for n, m in enumerate(good)
+            ],
+            "updated_members": [],
+            "errors": errors,
+            "total_created": len(good),
+            "total_updated": 0,
+            "error_count": len(errors),
+            "_links": [],
+        },
+    )
+
+
+def mailchimp() -> Fake:
+    """Mailchimp's batch subscribe endpoint (members containing "invalid" are refused)."""
+    return Fake(
+        {
+            "success": _mailchimp_batch,
+            "rate_limit": lambda r: _problem(
+                429,
+                "Too Many Requests",
+                "You have exceeded the limit of 10 simultaneous connections.",
+            ),
+            "bad_key": lambda r: _problem(
+                401,
+                "API Key Invalid",
+                "Your API key may be invalid, or you've attempted to access the wrong datacenter.",
+            ),
+            "server_error": lambda r: _problem(
+                503, "Service Unavailable", "The service is temporarily unavailable."
+            ),
+        }
+    )
