@@ -281,3 +281,40 @@ def mailchimp() -> Fake:
             ),
         }
     )
+
+
+# -- Brevo (API v3 contacts) ----------------------------------------------------------------
+# https://developers.brevo.com/reference/createcontact (201 {"id"} created, 204 updated, 400
+# {"code","message"}), .../docs/api-limits (429 with x-sib-ratelimit-* headers).
+
+
+def _brevo_create(r: Received) -> Answer:
+    body = r.json()
+    if "invalid" in str(body.get("email", "")):
+        return _json(400, {"code": "invalid_parameter", "message": "Invalid email address"})
+    if str(body.get("email", "")).startswith("known"):
+        return Answer(204, {}, b"")
+    return _json(201, {"id": 4711})
+
+
+def brevo(reset: str = "1") -> Fake:
+    """Brevo's create-contact endpoint (an email with "invalid" is refused, one starting with
+    "known" is an update)."""
+    return Fake(
+        {
+            "success": _brevo_create,
+            "rate_limit": lambda r: _json(
+                429,
+                {"code": "too_many_requests", "message": "The expected rate limit is exceeded."},
+                {
+                    "x-sib-ratelimit-limit": "10",
+                    "x-sib-ratelimit-remaining": "0",
+                    "x-sib-ratelimit-reset": reset,
+                },
+            ),
+            "bad_key": lambda r: _json(401, {"code": "unauthorized", "message": "Key not found"}),
+            "server_error": lambda r: _json(
+                500, {"code": "internal_error", "message": "Internal server error"}
+            ),
+        }
+    )
