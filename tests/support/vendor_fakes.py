@@ -318,3 +318,108 @@ def brevo(reset: str = "1") -> Fake:
             ),
         }
     )
+
+
+# -- Klaviyo (JSON:API, profile import and bulk import jobs) --------------------------------
+# https://developers.klaviyo.com/en/reference/create_or_update_profile (200 updated, 201
+# created), .../bulk_import_profiles (202), .../docs/rate_limits_and_error_handling (429 with
+# Retry-After and RateLimit-* headers; errors as a JSON:API "errors" array).
+
+JSON_API = {"Content-Type": "application/vnd.api+json"}
+
+
+def _klaviyo_error(status: int, code: str, title: str, detail: str, pointer: str | None) -> Answer:
+    err: dict[str, Any] = {
+        "id": "6d1c7b2e-1f0a-4a3b-9c8d-7e6f5a4b3c2d",
+        "status": status,
+        "code": code,
+        "title": title,
+        "detail": detail,
+        "links": {},
+        "meta": {},
+    }
+    if pointer:
+        err["source"] = {"pointer": pointer}
+    return Answer(status, JSON_API, orjson.dumps({"errors": [err]}))
+
+
+def _klaviyo_import(r: Received) -> Answer:
+    doc = r.json()["data"]
+    if doc["type"] == "profile-bulk-import-job":
+        job = {
+            "type": "profile-bulk-import-job",
+            "id": "ZXhhbXBsZWpvYmlk",
+            "attributes": {
+                "status": "queued",
+                "total_count": len(doc["attributes"]["profiles"]["data"]),
+                "completed_count": 0,
+                "failed_count": 0,
+                "created_at": "2026-12-06T09:00:00+00:00",
+            },
+            "links": {
+                "self": "https://a.klaviyo.com/api/profile-bulk-import-jobs/ZXhhbXBsZWpvYmlk/"
+            },
+        }
+        return Answer(202, JSON_API, orjson.dumps({"data": job}))
+    attrs = doc["attributes"]
+    if "invalid" in str(attrs.get("phone_number", "")) or "invalid" in str(attrs.get("email", "")):
+        return _klaviyo_error(
+            400, "invalid", "Invalid input.", "Invalid email address", "/data/attributes/email"
+        )
+    status = 200 if str(attrs.get("email", "")).startswith("known") else 201
+    pid = "01HXYZPROFILEID000000000"
+    body = {
+        "data": {
+            "type": "profile",
+            "id": pid,
+            "attributes": {
+                **attrs,
+                "created": "2026-12-06T09:00:00+00:00",
+                "updated": "2026-12-06T09:00:00+00:00",
+            },
+            "links": {"self": f"https://a.klaviyo.com/api/profiles/{pid}/"},
+        }
+    }
+    return Answer(status, JSON_API, orjson.dumps(body))
+
+
+def klaviyo(retry_after: str = "1") -> Fake:
+    """Klaviyo's profile-import and profile-bulk-import-jobs endpoints."""
+    return Fake(
+        {
+            "success": _klaviyo_import,
+            "rate_limit": lambda r: Answer(
+                429,
+                {
+                    **JSON_API,
+                    "Retry-After": retry_after,
+                    "RateLimit-Limit": "75",
+                    "RateLimit-Remaining": "0",
+                    "RateLimit-Reset": retry_after,
+                },
+                orjson.dumps(
+                    {
+                        "errors": [
+                            {
+                                "status": 429,
+                                "code": "throttled",
+                                "title": "Request was throttled.",
+                                "detail": "Request was throttled. Expected available in "
+                                f"{retry_after} second.",
+                            }
+                        ]
+                    }
+                ),
+            ),
+            "bad_key": lambda r: _klaviyo_error(
+                401,
+                "not_authenticated",
+                "Authentication credentials were not provided.",
+                "Missing or invalid private key.",
+                None,
+            ),
+            "server_error": lambda r: _klaviyo_error(
+                503, "service_unavailable", "Service Unavailable", "Try again later.", None
+            ),
+        }
+    )
