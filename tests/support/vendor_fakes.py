@@ -423,3 +423,134 @@ def klaviyo(retry_after: str = "1") -> Fake:
             ),
         }
     )
+
+
+# -- Salesforce (OAuth2 client credentials, sObject Collections upsert) --------------------
+# https://help.salesforce.com/s/articleView?id=sf.remoteaccess_oauth_client_credentials_flow.htm
+# (token answer), https://developer.salesforce.com/docs/atlas.en-us.api_rest.meta/api_rest/
+# resources_composite_sobjects_collections_upsert.htm (per-record results, in order),
+# .../errorcodes.htm (401 INVALID_SESSION_ID, 403 REQUEST_LIMIT_EXCEEDED, 503).
+
+CLIENT_ID = "3MVG9fakeConsumerKey"
+CLIENT_SECRET = "0123456789ABCDEF"
+
+
+class SalesforceFake(Fake):
+    """A Salesforce org: a token endpoint that hands out a new session each time, and the
+    collections endpoint, which only takes the newest session (``expired_token`` ends it)."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            {
+                "success": self._upsert,
+                "expired_token": self._expire,
+                "rate_limit": lambda r: _json(
+                    403,
+                    [
+                        {
+                            "message": "TotalRequests Limit exceeded.",
+                            "errorCode": "REQUEST_LIMIT_EXCEEDED",
+                        }
+                    ],
+                ),
+                "locked": lambda r: self._upsert(r, locked=True),
+                "server_error": lambda r: _json(
+                    503,
+                    [
+                        {
+                            "message": "Server temporarily unavailable",
+                            "errorCode": "SERVER_UNAVAILABLE",
+                        }
+                    ],
+                ),
+            }
+        )
+        self.tokens_issued = 0
+        self.valid: str | None = None
+        self.token_requests: list[dict[str, list[str]]] = []
+
+    def __call__(self, r: Received) -> Answer:
+        if r.path == "/services/oauth2/token":
+            return self._token(r)
+        auth = r.headers.get("Authorization", "")
+        if auth != f"Bearer {self.valid}":
+            return self._session_error()
+        return super().__call__(r)
+
+    def _token(self, r: Received) -> Answer:
+        from urllib.parse import parse_qs
+
+        form = parse_qs(r.body.decode())
+        self.token_requests.append(form)
+        if (
+            form.get("grant_type") != ["client_credentials"]
+            or form.get("client_id") != [CLIENT_ID]
+            or form.get("client_secret") != [CLIENT_SECRET]
+        ):
+            return _json(
+                400, {"error": "invalid_client", "error_description": "invalid client credentials"}
+            )
+        self.tokens_issued += 1
+        self.valid = f"00DFAKE!session{self.tokens_issued}"
+        return _json(
+            200,
+            {
+                "access_token": self.valid,
+                "instance_url": "https://acme.my.salesforce.com",
+                "id": "https://login.salesforce.com/id/00DFAKE/005FAKE",
+                "token_type": "Bearer",
+                "issued_at": "1796547783000",
+                "signature": "c2lnbmF0dXJl",
+            },
+        )
+
+    @staticmethod
+    def _session_error() -> Answer:
+        return _json(
+            401, [{"message": "Session expired or invalid", "errorCode": "INVALID_SESSION_ID"}]
+        )
+
+    def _expire(self, r: Received) -> Answer:
+        self.valid = None
+        return self._session_error()
+
+    @staticmethod
+    def _upsert(r: Received, locked: bool = False) -> Answer:
+        results = []
+        for n, rec in enumerate(r.json()["records"]):
+            if "invalid" in str(rec.get("Email", "")):
+                results.append(
+                    {
+                        "success": False,
+                        "errors": [
+                            {
+                                "statusCode": "INVALID_EMAIL_ADDRESS",
+                                "message": f"Email: invalid email address: {rec['Email']}",
+                                "fields": ["Email"],
+                            }
+                        ],
+                    }
+                )
+            elif locked and n == 0:
+                results.append(
+                    {
+                        "success": False,
+                        "errors": [
+                            {
+                                "statusCode": "UNABLE_TO_LOCK_ROW",
+                                "message": "unable to obtain exclusive access to this record",
+                                "fields": [],
+                            }
+                        ],
+                    }
+                )
+            else:
+                results.append(
+                    {"id": f"003FAKE{n:011d}", "success": True, "errors": [], "created": True}
+                )
+        return _json(200, results)
+
+
+def salesforce() -> SalesforceFake:
+    """A Salesforce org (records whose Email contains "invalid" are refused)."""
+    return SalesforceFake()
