@@ -171,3 +171,17 @@ async def test_server_errors_retry(tmp_path: Path) -> None:
     assert done[0].state == DeliveryState.DELIVERED
     assert fake.answered == ["server_error", "success"]
     assert sent[0].body == sent[1].body
+
+
+def test_the_webhook_path_stays_hidden_when_sent_to_another_host() -> None:
+    from gateway.mapping.preview import preview
+
+    text = "group_key: shop\nintegrations:\n" + "\n".join(
+        "  " + line for line in ENTRY.replace("{url}", "http://127.0.0.1:9").splitlines()
+    )
+    env = {"SLACK_WEBHOOK_URL": HOOK}
+    mapping = compile_mapping(yaml.safe_load(text), text.encode(), environ=env)
+    doc = preview(mapping, RECORD)
+    shown = str(doc)
+    assert "x7Y8z9A0b1C2d3E4f5G6h7I8" not in shown
+    assert "http://127.0.0.1:9" in shown
