@@ -129,7 +129,9 @@ BREVO = register(
     IntegrationType(
         name="brevo",
         description="Creates or updates Brevo contacts (API v3, one a request) with their "
-        "attributes, and adds them to lists.",
+        "attributes, and adds them to lists. Brevo's code and message become the "
+        "error of a refused contact; a 429 waits for x-sib-ratelimit-reset; 401/403 "
+        "are permanent.",
         connection=(
             Param(
                 "api_key",

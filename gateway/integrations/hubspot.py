@@ -223,8 +223,10 @@ _CONTACT_FIELDS = (
 HUBSPOT = register(
     IntegrationType(
         name="hubspot",
-        description="Upserts CRM records (contacts, companies, deals, custom objects) in "
-        "HubSpot by a unique property (CRM v3 batch upsert, 100 a request).",
+        description="Upserts CRM records (contacts, companies, deals, custom objects) in HubSpot "
+        "by a unique property (CRM v3 batch upsert, 100 a request). Inputs HubSpot "
+        "refuses in its answer fail alone with HubSpot's message; a 429 waits out "
+        "HubSpot's rate-limit window; 401/403 are permanent; 5xx and timeouts retry.",
         connection=(
             Param(
                 "token",

@@ -179,7 +179,9 @@ KLAVIYO = register(
     IntegrationType(
         name="klaviyo",
         description="Creates or updates Klaviyo profiles (profile import, or bulk import jobs "
-        "that also add them to a list).",
+        "that also add them to a list). Each profile import is answered on its own "
+        "(a 400 fails that record with Klaviyo's detail); a 429 waits for "
+        "Retry-After.",
         connection=(
             Param(
                 "api_key",

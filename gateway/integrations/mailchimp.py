@@ -190,7 +190,9 @@ MAILCHIMP = register(
     IntegrationType(
         name="mailchimp",
         description="Adds or updates members of a Mailchimp audience (Marketing API batch "
-        "subscribe, 500 a request), with merge fields and tags.",
+        "subscribe, 500 a request), with merge fields and tags. Members Mailchimp "
+        "refuses in its answer fail alone with its message; a bad key (401) is "
+        "permanent; 429 (over 10 connections) and 5xx retry.",
         connection=(
             Param(
                 "api_key",

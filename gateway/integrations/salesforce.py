@@ -174,7 +174,10 @@ SALESFORCE = register(
     IntegrationType(
         name="salesforce",
         description="Upserts Salesforce records by an external id (sObject Collections, 200 a "
-        "request, per-record results), with OAuth2 client credentials.",
+        "request, per-record results), with OAuth2 client credentials. Records "
+        "Salesforce refuses fail alone with its statusCode and message; the token is "
+        "fetched with the connected app's key and secret and fetched again once on "
+        "401 INVALID_SESSION_ID.",
         connection=(
             Param(
                 "instance_url",

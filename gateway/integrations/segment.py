@@ -177,7 +177,9 @@ SEGMENT = register(
     IntegrationType(
         name="segment",
         description="Sends identify and track calls to a Segment source (HTTP tracking API "
-        "/v1/batch; messageId is the delivery id, so retries are not counted twice).",
+        "/v1/batch; messageId is the delivery id, so retries are not counted twice). "
+        "A message over 32 KB fails before sending; Segment answers for the whole "
+        "batch: 400/401/403 permanent, 429 and 5xx retry.",
         connection=(
             Param(
                 "write_key",

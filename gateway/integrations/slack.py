@@ -185,7 +185,10 @@ SLACK = register(
     IntegrationType(
         name="slack",
         description="Posts a message a record to a Slack channel through an incoming webhook "
-        "(text from a template of mapped fields, optional Block Kit blocks).",
+        "(text from a template of mapped fields, optional Block Kit blocks). Record "
+        "values are escaped for Slack's markup; Slack's error word (invalid_payload, "
+        "channel_is_archived, no_service) is the delivery's error; 429 waits for "
+        "Retry-After.",
         connection=(
             Param(
                 "webhook_url",
