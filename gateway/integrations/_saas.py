@@ -126,6 +126,13 @@ def chunks(
 ) -> list[list[tuple[str, Any]]]:
     """``(delivery_id, entry)`` pairs cut into runs of at most ``max_count`` entries whose JSON
     (plus ``overhead`` for the envelope) fits ``max_bytes``, in order."""
+    # Usually the whole batch fits: one serialisation to check instead of one an entry.
+    if (
+        0 < len(entries) <= max_count
+        and size is None
+        and overhead + len(orjson.dumps([e for _, e in entries])) <= max_bytes
+    ):
+        return [entries]
     measure = size or (lambda e: len(orjson.dumps(e)) + 1)
     out: list[list[tuple[str, Any]]] = []
     current: list[tuple[str, Any]] = []
