@@ -16,7 +16,7 @@ Everything in one run on the same machine, so the results are ratios within the 
     CPU is not the gateway's). Records/s and the gateway's CPU seconds per delivered record
     (``/proc/<pid>/stat``), for each type at its vendor's batch size with its rate limit
     lifted (the vendor's own rate limit is what bounds a real lane: see the table's last
-    column), and for http at batch sizes 1 and 100.
+    column), and for http at each of those batch sizes.
 
 Not measured here: delivery beside a single-record ingest load (bench/delivery.py and
 bench/aws.py do that with wrk for http and AWS; the SaaS lanes' cost per record is what (a) and
@@ -405,7 +405,7 @@ def main() -> None:
                 time.sleep(0.05)
             urls = json.loads(port_file.read_text())
             b = []
-            for kind in ["http1", "http100", *kinds]:
+            for kind in [*(f"http{s}" for s in sizes), *kinds]:
                 r = drain(kind, urls, args.backlog, args.drain_timeout)
                 print(json.dumps(r), file=sys.stderr)
                 b.append(r)

@@ -98,16 +98,23 @@ def build(
 ) -> list[OutboundRequest]:
     """``/v1/batch`` requests of at most ``batch_size`` messages and 500 KB each."""
     action = integration.action.name
-    messages: list[tuple[str, dict[str, Any]]] = []
+    # Each message serialised once: its size is checked and the body joined from the parts.
+    parts: list[tuple[str, bytes]] = []
     failed: dict[str, Any] = {}
     for delivery_id, fields in batch:
         try:
-            messages.append((delivery_id, message(action, delivery_id, fields)))
+            part = _saas.dumps(message(action, delivery_id, fields))
         except MappingError as exc:
             failed[delivery_id] = exc
-    failed.update(_saas.too_big(messages, MAX_MESSAGE_BYTES, "the Segment message"))
+            continue
+        if len(part) > MAX_MESSAGE_BYTES:
+            failed[delivery_id] = MappingError(
+                f"the Segment message is {len(part)} bytes as JSON; the vendor takes at most "
+                f"{MAX_MESSAGE_BYTES}"
+            )
+            continue
+        parts.append((delivery_id, part))
     _saas.raise_failed(failed, integration)
-    messages = [m for m in messages if m[0] not in failed]
 
     key = str(integration.connection.value["write_key"])
     headers = {
@@ -116,8 +123,10 @@ def build(
     }
     url = _saas.base_url(integration, DEFAULT_BASE_URL) + "/v1/batch"
     out = []
-    for group in _saas.chunks(messages, max_count=len(messages), max_bytes=MAX_BATCH_BYTES):
-        body = _saas.dumps({"batch": [m for _, m in group]})
+    for group in _saas.chunks(
+        parts, max_count=len(parts), max_bytes=MAX_BATCH_BYTES, size=lambda p: len(p) + 1
+    ):
+        body = b'{"batch":[' + b",".join(p for _, p in group) + b"]}"
         out.append(
             OutboundRequest(
                 "POST",
