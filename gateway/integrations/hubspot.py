@@ -31,6 +31,7 @@ from gateway.integrations.base import (
     TokenProvider,
     register,
 )
+from gateway.mapping.errors import MappingError
 
 DEFAULT_BASE_URL = "https://api.hubapi.com"
 MAX_INPUTS = 100
@@ -64,7 +65,7 @@ def build(
     for delivery_id, fields in batch:
         try:
             id_value = _saas.need(fields, id_property, f"the id property {id_property!r} is")
-        except Exception as exc:  # MappingError: the record cannot be upserted
+        except MappingError as exc:
             failed[delivery_id] = exc
             continue
         properties = {k: _saas.text_value(v) for k, v in fields.items() if v is not None}

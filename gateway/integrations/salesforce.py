@@ -31,6 +31,7 @@ from gateway.integrations.base import (
     TokenProvider,
     register,
 )
+from gateway.mapping.errors import MappingError
 
 API_VERSION = "62.0"
 MAX_RECORDS = 200
@@ -79,7 +80,7 @@ def build(
     for delivery_id, fields in batch:
         try:
             _saas.need(fields, ext, f"the external id field {ext!r} is")
-        except Exception as exc:  # MappingError
+        except MappingError as exc:
             failed[delivery_id] = exc
             continue
         record: dict[str, Any] = {"attributes": {"type": sobject}}
