@@ -200,6 +200,11 @@ class IntegrationType:
     # Rules that span keys (one of two settings, a template's placeholders, a setting that
     # names a mapped field), checked when the mapping loads: see Checker.
     check: Checker | None = None
+    # A type whose connection holds OAuth2 client-credentials parameters under its own names
+    # (salesforce: instance_url, client_id...) maps them to the form of the http type's
+    # ``connection.auth`` ({type: oauth2_client_credentials, token_url, client_id, ...}); the
+    # delivery engine's token cache then fetches and refreshes tokens for it as for http.
+    oauth2: Callable[[dict[str, Any]], dict[str, Any]] | None = None
 
     def action(self, name: str | None) -> Action | None:
         """The named action; with no name, the only one (None when there are several)."""
