@@ -12,11 +12,17 @@ ENV PIP_NO_CACHE_DIR=1 \
 RUN python -m venv /opt/venv
 WORKDIR /src
 COPY pyproject.toml README.md ./
+# The dependencies first, in a layer of their own that only a change to pyproject.toml rebuilds
+# (installed with an empty package, then the package is removed again).
+RUN mkdir gateway && touch gateway/__init__.py \
+    && /opt/venv/bin/pip install . \
+    && /opt/venv/bin/pip uninstall -y gateway \
+    && rm -rf gateway build ./*.egg-info
 COPY gateway ./gateway
 # Bytecode is compiled here: the running container's root is read-only, so Python could not
 # cache it later and would recompile every module on each start. pip and setuptools are only
 # needed to install, so they stay out of the final image.
-RUN /opt/venv/bin/pip install . \
+RUN /opt/venv/bin/pip install --no-deps . \
     && /opt/venv/bin/python -m compileall -q /opt/venv/lib \
     && /opt/venv/bin/pip uninstall -y pip setuptools
 
