@@ -15,6 +15,7 @@ Without Docker (or debootstrap to make the base) the tests are skipped with the 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -52,9 +53,7 @@ def unavailable(message: str) -> None:
 
 def docker(*args: str, check: bool = True, timeout: float = 120, **kw: object) -> str:
     """Run ``docker ARGS`` and return its stdout; a failure raises with stderr in the message."""
-    out = subprocess.run(
-        ["docker", *args], capture_output=True, text=True, timeout=timeout, **kw
-    )  # type: ignore[call-overload]
+    out = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout, **kw)  # type: ignore[call-overload]
     if check and out.returncode != 0:
         raise RuntimeError(f"docker {' '.join(args)}: exit {out.returncode}\n{out.stderr}")
     return str(out.stdout)
@@ -62,9 +61,7 @@ def docker(*args: str, check: bool = True, timeout: float = 120, **kw: object) -
 
 def _answers() -> bool:
     try:
-        return (
-            subprocess.run(["docker", "info"], capture_output=True, timeout=20).returncode == 0
-        )
+        return subprocess.run(["docker", "info"], capture_output=True, timeout=20).returncode == 0
     except (OSError, subprocess.TimeoutExpired):
         return False
 
@@ -168,3 +165,42 @@ def standin_base_image() -> str:
     changes = [arg for line in IMAGE_CONFIG for arg in ("--change", line)]
     docker("import", *changes, str(tarball), name, timeout=600)
     return name
+
+
+def build(tag: str, context: Path, *args: str, timeout: float = 1200) -> float:
+    """``docker build`` (the classic builder: Debian's Docker has no buildx); returns seconds."""
+    started = time.monotonic()
+    env = {**os.environ, "DOCKER_BUILDKIT": "0"}
+    docker("build", "-q", "-t", tag, *args, str(context), timeout=timeout, env=env)
+    return time.monotonic() - started
+
+
+def state(container: str) -> dict[str, object]:
+    """The container's ``State`` as ``docker inspect`` shows it."""
+    found = json.loads(docker("inspect", "-f", "{{json .State}}", container, timeout=30))
+    assert isinstance(found, dict)
+    return found
+
+
+def health(container: str) -> str:
+    """``starting``, ``healthy`` or ``unhealthy`` (HEALTHCHECK), or the container's status."""
+    st = state(container)
+    h = st.get("Health")
+    return str(h["Status"]) if isinstance(h, dict) else str(st["Status"])
+
+
+def wait_healthy(container: str, timeout: float = 90) -> None:
+    """Wait until the HEALTHCHECK reports healthy; fail with the container's log if not."""
+    deadline = time.monotonic() + timeout
+    while (status := health(container)) != "healthy":
+        if status in ("unhealthy", "exited", "dead") or time.monotonic() > deadline:
+            raise AssertionError(
+                f"container {container} is {status}; its log:\n{container_log(container)}"
+            )
+        time.sleep(0.5)
+
+
+def container_log(container: str) -> str:
+    """What the container wrote to stdout and stderr so far."""
+    out = subprocess.run(["docker", "logs", container], capture_output=True, text=True, timeout=30)
+    return out.stdout + out.stderr
