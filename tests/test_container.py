@@ -193,6 +193,13 @@ def _file_lines(container: str, path: str, want: int, timeout: float = 30) -> li
         time.sleep(0.5)
 
 
+def _good_probes(container: str) -> int:
+    """How many of the last HEALTHCHECK probes (Docker keeps five) succeeded."""
+    health = dk.state(container)["Health"]
+    assert isinstance(health, dict)
+    return sum(p["ExitCode"] == 0 for p in health["Log"])
+
+
 def _stop(container: str, grace: int = 30) -> tuple[int, float]:
     """``docker stop``: the exit code and the seconds it took."""
     started = time.monotonic()
@@ -235,10 +242,11 @@ def test_the_image_runs_the_demo_read_only_as_non_root(run: Run) -> None:
     # The demo integration writes the mapped record into the volume.
     assert _file_lines(first, DEMO_FILE, 1) == [DEMO_MAPPED]
 
-    health = dk.state(first)["Health"]
-    assert isinstance(health, dict)
-    assert len(health["Log"]) >= 2, health
-    assert all(p["ExitCode"] == 0 for p in health["Log"]), health
+    # Probes that reached the server (the first may come before it listens): none is logged.
+    deadline = time.monotonic() + 20
+    while (probes := _good_probes(first)) < 3 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert probes >= 3
     code, seconds = _stop(first)
     assert code == 0
     assert seconds < 15, f"docker stop took {seconds:.1f} s"
