@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import requests
+import yaml
 
 from gateway import logs
 from gateway.app import create_app
@@ -273,3 +274,96 @@ def test_the_image_runs_the_demo_read_only_as_non_root(run: Run) -> None:
     TIMINGS["image test, containers"] = time.monotonic() - started
     size = int(dk.docker("image", "inspect", "-f", "{{.Size}}", run.image))
     print(f"\nimage size: {size / 1e6:.0f} MB; timings (s): {TIMINGS}")
+
+
+# -- compose.yaml -------------------------------------------------------------------------
+
+
+def _mounts_mappings(volume: str | dict) -> bool:
+    """Whether a service's volume entry (short or long syntax) mounts mappings/ read-only."""
+    if isinstance(volume, str):
+        return volume.endswith("/mappings:/etc/gateway/mappings:ro")
+    return (
+        str(volume.get("source", "")).endswith("/mappings")
+        and volume.get("target") == "/etc/gateway/mappings"
+        and volume.get("read_only") is True
+    )
+
+
+@pytest.mark.container
+@pytest.mark.e2e
+@pytest.mark.timeout(1800)
+def test_compose_file_brings_up_two_gateways_on_postgres(image: str, base_image: str) -> None:
+    started = time.monotonic()
+    compose = dk.compose_command()
+    # As a user runs it: valid, and what the docs say it is.
+    checked = subprocess.run(
+        [*compose, "-f", str(REPO / "compose.yaml"), "config"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "POSTGRES_"))},
+    )
+    assert checked.returncode == 0, checked.stderr
+    config = yaml.safe_load(checked.stdout)
+    gateways = [config["services"][name] for name in ("gateway-1", "gateway-2")]
+    for service in gateways:
+        assert service["environment"]["GATEWAY_STORE"].startswith("postgresql://")
+        assert service["read_only"] is True
+        assert any(_mounts_mappings(v) for v in service["volumes"]), service["volumes"]
+    assert config["services"]["postgres"]["image"] == "postgres:16"
+
+    postgres = dk.postgres_standin_image(base_image)
+    ports = free_port(), free_port()
+    project = f"gatewaytest{os.getpid()}"
+    cmd = [*compose, "-p", project, "-f", str(REPO / "compose.yaml")]
+    env = {
+        **os.environ,
+        "GATEWAY_IMAGE": image,
+        "POSTGRES_IMAGE": postgres,
+        "GATEWAY_1_PORT": str(ports[0]),
+        "GATEWAY_2_PORT": str(ports[1]),
+    }
+
+    def run_compose(*args: str, timeout: float = 300) -> str:
+        out = subprocess.run(
+            [*cmd, *args], capture_output=True, text=True, env=env, cwd=REPO, timeout=timeout
+        )
+        assert out.returncode == 0, f"compose {args}: {out.stdout}\n{out.stderr}"
+        return out.stdout
+
+    try:
+        run_compose("up", "-d", "--no-build")
+        ids = [run_compose("ps", "-q", name).strip() for name in ("gateway-1", "gateway-2")]
+        for cid in ids:
+            dk.wait_healthy(cid)
+        key, secret = _printed_key(dk.container_log(ids[0]))
+        sent = {}
+        for i in range(10):
+            port = ports[i % 2]
+            email = f"user{i}@example.com"
+            body = json.dumps({"group_key": "demo", "data": {"epost": email, "namn": "A B"}})
+            url, headers = sign(
+                "POST",
+                f"http://127.0.0.1:{port}/v1/records",
+                body.encode(),
+                {"Content-Type": "application/json"},
+                key=key,
+                secret=secret,
+            )
+            r = requests.post(url, data=body.encode(), headers=headers, timeout=10)
+            assert r.status_code == 202, (port, r.text)
+            sent[email] = r.json()["id"]
+        lines = _file_lines(ids[1], DEMO_FILE, len(sent))
+        time.sleep(2)  # a second delivery of any record would have happened by now
+        lines = _file_lines(ids[1], DEMO_FILE, len(sent) + 1, timeout=0)
+        assert sorted(line["email"] for line in lines) == sorted(sent), lines
+        run_compose("stop")
+        for cid in ids:
+            assert dk.state(cid)["ExitCode"] == 0, dk.container_log(cid)
+    finally:
+        subprocess.run(
+            [*cmd, "down", "-v", "--remove-orphans"], capture_output=True, env=env, cwd=REPO
+        )
+    TIMINGS["compose test"] = time.monotonic() - started
+    print(f"\ntimings (s): {TIMINGS}")

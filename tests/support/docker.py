@@ -204,3 +204,31 @@ def container_log(container: str) -> str:
     """What the container wrote to stdout and stderr so far."""
     out = subprocess.run(["docker", "logs", container], capture_output=True, text=True, timeout=30)
     return out.stdout + out.stderr
+
+
+POSTGRES_STANDIN = Path(__file__).with_name("postgres_standin")
+
+
+def postgres_standin_image(base: str) -> str:
+    """A stand-in for the ``postgres`` image (Debian's PostgreSQL 15 on the stand-in base, with
+    the official image's POSTGRES_* variables), built once per base and recipe."""
+    h = hashlib.sha256(base.encode())
+    for path in sorted(POSTGRES_STANDIN.iterdir()):
+        h.update(path.name.encode() + b"\0" + path.read_bytes())
+    name = f"gateway-test-postgres:{h.hexdigest()[:16]}"
+    if not image_exists(name):
+        build(name, POSTGRES_STANDIN, "--build-arg", f"BASE={base}")
+    return name
+
+
+def compose_command() -> list[str]:
+    """``docker compose`` (the plugin) or ``docker-compose`` (Debian's docker-compose package)."""
+    for cmd in (["docker", "compose"], ["docker-compose"]):
+        try:
+            found = subprocess.run([*cmd, "version"], capture_output=True, timeout=30)
+        except OSError:
+            continue
+        if found.returncode == 0:
+            return cmd
+    unavailable("neither `docker compose` nor `docker-compose` (Debian: docker-compose)")
+    raise AssertionError("unreachable")
