@@ -11,13 +11,14 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml ./
 # The dependencies first, in a layer of their own that only a change to pyproject.toml rebuilds
-# (installed with an empty package, then the package is removed again).
-RUN mkdir gateway && touch gateway/__init__.py \
+# (installed with an empty package and README, then the package is removed again).
+RUN mkdir gateway && touch gateway/__init__.py README.md \
     && /opt/venv/bin/pip install . \
     && /opt/venv/bin/pip uninstall -y gateway \
-    && rm -rf gateway build ./*.egg-info
+    && rm -rf gateway build ./*.egg-info README.md
+COPY README.md ./
 COPY gateway ./gateway
 # Bytecode is compiled here: the running container's root is read-only, so Python could not
 # cache it later and would recompile every module on each start. pip and setuptools are only
