@@ -1,8 +1,8 @@
 # The gateway as a container (docs/operations.md, "Docker"):
 #   docker build -t gateway .
 #   docker run -p 8080:8080 -v gateway-data:/data gateway serve --bootstrap-key demo
-# BASE is any image with Python 3.11+ and pip as `python`/`pip` (the tests build on a stand-in
-# made from Debian packages, since Docker Hub is not reachable from CI).
+# BASE is any image with Python 3.11+ as `python` (with venv) and useradd (the tests build on
+# a stand-in made from Debian packages, since Docker Hub is not reachable from CI).
 ARG BASE=python:3.11-slim
 
 # -- build: the package and its dependencies in a virtual environment ------------------------
