@@ -69,6 +69,9 @@ _HTTP_CODES = {
 }
 
 
+_PROBES = frozenset({"/healthz", "/readyz"})
+
+
 @web.middleware
 async def envelope_and_log(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Answer every error in the documented envelope; log one JSON line per request."""
@@ -105,8 +108,11 @@ async def envelope_and_log(request: web.Request, handler: Handler) -> web.Stream
     info = logs.info(request)
     if info.headers:
         response.headers.update(info.headers)
+    # Probes (a container's HEALTHCHECK every few seconds) would drown the request log.
+    quiet = request.path in _PROBES and response.status < 400
     logs.log(
         "request",
+        "debug" if quiet else "info",
         method=request.method,
         path=request.path,
         status=response.status,
