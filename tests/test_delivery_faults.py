@@ -713,3 +713,60 @@ async def test_only_failed_entries_are_sent_again(
         assert sorted(again) == [2, 4, 4]
     finally:
         await rig.close()
+
+
+# -- a flaky integration and the breaker (issue 11, item 13) ----------------------------------
+
+#: The default breaker and retry policy, 100 times faster (cooldown 30 s -> 300 ms, ...).
+FAST_DEFAULTS: dict[str, Any] = {
+    "retry": {"base": "10ms", "cap": "6s", "max_attempts": 30},
+    "breaker": {
+        "failures": 5,
+        "failure_ratio": 0.5,
+        "window": "600ms",
+        "min_requests": 20,
+        "cooldown": "300ms",
+        "max_cooldown": "6s",
+    },
+}
+
+
+def flaky(tries: dict[int, int]) -> Callable[[Received], Answer]:
+    """Each record's first two requests answer 503, the third 200: two of every three fail."""
+
+    def answer(r: Received) -> Answer:
+        n = r.json()["n"]
+        tries[n] = tries.get(n, 0) + 1
+        return Answer(200) if tries[n] >= 3 else Answer(503, body=b"busy")
+
+    return answer
+
+
+async def _deliver_flaky(tmp_path: Path, receiver: CountingReceiver, probes: int) -> float:
+    tries: dict[int, int] = {}
+    receiver.answer = flaky(tries)
+    options = {**FAST_DEFAULTS, "breaker": {**FAST_DEFAULTS["breaker"], "probes": probes}}
+    rig = await Rig.create(
+        tmp_path, [entry("hook", {"url": receiver.url}, options=options)], start=False
+    )
+    try:
+        ids = [d for _ in range(20) for d in await rig.add(["hook"])]
+        t0 = time.monotonic()
+        await rig.engine.start()
+        done = await rig.wait_settled(ids, within=120)
+        took = time.monotonic() - t0
+        assert {d.state for d in done} == {DeliveryState.DELIVERED}
+        assert sorted(tries.values()) == [3] * 20
+        return took
+    finally:
+        await rig.close()
+
+
+async def test_flaky_integration_is_not_starved(
+    tmp_path: Path, receiver: CountingReceiver
+) -> None:
+    import os as _os
+    p = int(_os.environ.get("PROBES", "5"))
+    took = await _deliver_flaky(tmp_path, receiver, probes=p)
+    print(f"probes={p}: 20 flaky records took {took:.2f}s")
+    assert took < 0

@@ -110,7 +110,7 @@ def _pinned_sigv4() -> type:
     """botocore's SigV4Auth signing at a given time (botocore reads its clock in add_auth)."""
     from botocore.auth import SigV4Auth
 
-    class PinnedSigV4Auth(SigV4Auth):
+    class PinnedSigV4Auth(SigV4Auth):  # type: ignore[misc]  # botocore ships no types
         when = ""  # X-Amz-Date form, e.g. 20261122T131200Z
 
         def _modify_request_before_signing(self, request: Any) -> None:

@@ -72,7 +72,10 @@ class BreakerOptions(BaseModel):
     )
     cooldown: float = Field(30.0, description="Open this long before a probe (30s).")
     max_cooldown: float = Field(
-        600.0, description="Each failed probe doubles the cooldown, up to this (10m)."
+        600.0, description="Probes that all fail double the cooldown, up to this (10m)."
+    )
+    probes: int = Field(
+        5, ge=1, le=100, description="Requests let through half-open, judged by the ratio."
     )
 
     @field_validator("window", "cooldown", "max_cooldown", mode="before")
