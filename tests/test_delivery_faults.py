@@ -2,10 +2,11 @@
 
 Connection refused, reset and read timeouts retry and then deliver; Retry-After (both forms)
 and X-RateLimit-Reset are honoured, measured at the receiver; attempts run out; the circuit
-breaker opens, probes once and recovers; a dead lane does not slow a healthy one; per-lane
-concurrency and rate limits hold; batches, the file type, mapping errors and per-entry
-outcomes. Durations are only asserted as lower bounds the feature guarantees, or as ratios
-measured in the same test.
+breaker opens, probes and recovers, does not starve a flaky integration and still holds off a
+dead one; a dead lane does not slow a healthy one; per-lane concurrency and rate limits hold;
+batches, the file type, mapping errors and per-entry outcomes. Durations are asserted as lower
+bounds the feature guarantees, as ratios measured in the same test, or (the flaky integration)
+as an upper bound a whole cooldown wide.
 """
 
 from __future__ import annotations
@@ -319,7 +320,7 @@ async def test_gives_up_after_max_attempts(tmp_path: Path, receiver: CountingRec
 # -- circuit breaker --------------------------------------------------------------------------
 
 
-async def test_breaker_opens_probes_once_then_recovers(
+async def test_breaker_opens_probes_then_recovers(
     tmp_path: Path, receiver: CountingReceiver
 ) -> None:
     healthy = False
@@ -335,7 +336,10 @@ async def test_breaker_opens_probes_once_then_recovers(
             entry(
                 "hook",
                 {"url": receiver.url},
-                options={"concurrency": 4, "breaker": {"failures": 3, "cooldown": "1s"}},
+                options={
+                    "concurrency": 4,
+                    "breaker": {"failures": 3, "cooldown": "1s", "probes": 2},
+                },
             )
         ],
     )
@@ -359,8 +363,11 @@ async def test_breaker_opens_probes_once_then_recovers(
         # it opened may arrive a moment after; hence the small allowance).
         gap = after[0].at - max(r.at for r in before)
         assert gap >= 1.0 - 0.05, gap
-        # Half-open: a single probe; nothing else until its (slow) answer came back.
-        assert after[1].at - after[0].at >= probe_delay, [r.at - after[0].at for r in after]
+        # Half-open: two probes (of the lane's four connections); nothing else until their
+        # (slow) answers came back and closed it.
+        offsets = [r.at - after[0].at for r in after]
+        assert offsets[1] < probe_delay, offsets
+        assert offsets[2] >= probe_delay, offsets
         # Closed again: the rest flow, several at once.
         assert receiver.max_in_flight > 1
     finally:
@@ -717,37 +724,35 @@ async def test_only_failed_entries_are_sent_again(
 
 # -- a flaky integration and the breaker (issue 11, item 13) ----------------------------------
 
-#: The default breaker and retry policy, 100 times faster (cooldown 30 s -> 300 ms, ...).
-FAST_DEFAULTS: dict[str, Any] = {
-    "retry": {"base": "10ms", "cap": "6s", "max_attempts": 30},
-    "breaker": {
-        "failures": 5,
-        "failure_ratio": 0.5,
-        "window": "600ms",
-        "min_requests": 20,
-        "cooldown": "300ms",
-        "max_cooldown": "6s",
-    },
+#: The default breaker, 15 times faster (cooldown 30 s -> 2 s, max_cooldown 10 min -> 40 s).
+SCALED_BREAKER: dict[str, Any] = {
+    "failures": 5,
+    "failure_ratio": 0.5,
+    "window": "4s",
+    "min_requests": 20,
+    "cooldown": "2s",
+    "max_cooldown": "40s",
 }
 
 
-def flaky(tries: dict[int, int]) -> Callable[[Received], Answer]:
-    """Each record's first two requests answer 503, the third 200: two of every three fail."""
+async def test_flaky_integration_is_not_starved(tmp_path: Path, receiver: CountingReceiver) -> None:
+    # Two of every three requests answer 503. With one probe at a time, each probe that
+    # happened to fail doubled the cooldown, and every close let through only the requests
+    # that tripped the ratio again: at least two openings (two cooldowns), often many more
+    # (the issue measured 213 s for 20 records at the defaults). Several probes judged
+    # together see an integration that answers: the lane keeps sending, probes at a time.
+    count = 0
 
     def answer(r: Received) -> Answer:
-        n = r.json()["n"]
-        tries[n] = tries.get(n, 0) + 1
-        return Answer(200) if tries[n] >= 3 else Answer(503, body=b"busy")
+        nonlocal count
+        count += 1
+        return Answer(200) if count % 3 == 0 else Answer(503, body=b"busy")
 
-    return answer
-
-
-async def _deliver_flaky(tmp_path: Path, receiver: CountingReceiver, probes: int) -> float:
-    tries: dict[int, int] = {}
-    receiver.answer = flaky(tries)
-    options = {**FAST_DEFAULTS, "breaker": {**FAST_DEFAULTS["breaker"], "probes": probes}}
+    receiver.answer = answer
     rig = await Rig.create(
-        tmp_path, [entry("hook", {"url": receiver.url}, options=options)], start=False
+        tmp_path,
+        [entry("hook", {"url": receiver.url}, options={"breaker": SCALED_BREAKER})],
+        start=False,
     )
     try:
         ids = [d for _ in range(20) for d in await rig.add(["hook"])]
@@ -756,17 +761,38 @@ async def _deliver_flaky(tmp_path: Path, receiver: CountingReceiver, probes: int
         done = await rig.wait_settled(ids, within=120)
         took = time.monotonic() - t0
         assert {d.state for d in done} == {DeliveryState.DELIVERED}
-        assert sorted(tries.values()) == [3] * 20
-        return took
+        assert len(receiver.seen) == 60  # every third request delivers one record
+        [lane] = rig.engine.lanes.values()
+        assert lane.breaker.opened == 1, lane.breaker.opened  # it trips once, on the ratio
+        # One cooldown (2 s), then the put-off deliveries come back (up to a second of jitter,
+        # whole seconds in the store) and are sent: before the code this fixes, 5.6-17 s.
+        assert took < 3 * 2.0, took
     finally:
         await rig.close()
 
 
-async def test_flaky_integration_is_not_starved(
+async def test_hard_down_integration_is_still_held_off(
     tmp_path: Path, receiver: CountingReceiver
 ) -> None:
-    import os as _os
-    p = int(_os.environ.get("PROBES", "5"))
-    took = await _deliver_flaky(tmp_path, receiver, probes=p)
-    print(f"probes={p}: 20 flaky records took {took:.2f}s")
-    assert took < 0
+    receiver.answer = lambda r: Answer(503, body=b"down")
+    breaker = {**SCALED_BREAKER, "cooldown": "500ms", "max_cooldown": "4s"}
+    rig = await Rig.create(
+        tmp_path,
+        [entry("hook", {"url": receiver.url}, options={"breaker": breaker})],
+        start=False,
+    )
+    try:
+        for _ in range(20):
+            await rig.add(["hook"])
+        await rig.engine.start()
+        await asyncio.sleep(3.2)
+        [lane] = rig.engine.lanes.values()
+        # Opened after 5 failures in a row (up to concurrency 8 on their way), then rounds of
+        # 5 probes that all failed, the cooldown doubling each time: 0.5 s, 1 s, 2 s.
+        assert rig.engine.status()[0]["breaker"] == "open"
+        assert lane.breaker.cooldown >= 2.0, lane.breaker.cooldown
+        assert lane.breaker.opened <= 4, lane.breaker.opened
+        # Without a breaker these 20 records would have been tried about 30 times each.
+        assert len(receiver.seen) <= 8 + 5 * 3, len(receiver.seen)
+    finally:
+        await rig.close()

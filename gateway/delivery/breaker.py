@@ -2,13 +2,14 @@
 
 Closed: requests flow; it opens after ``failures`` consecutive failed requests, or when at least
 ``min_requests`` requests in the last ``window`` seconds failed in a ``failure_ratio`` share.
-Open: nothing is sent until the cooldown ends. Half-open: up to ``probes`` requests go, judged
-together by the same ratio (resilience4j's permitted calls in half-open state): fewer failed
-than ``failure_ratio`` closes it; if every probe failed, the integration is down and it opens
-again for twice the cooldown (up to ``max_cooldown``); if some got through but too many failed,
-the integration answers but is struggling, and it opens again for the base cooldown, without
-growing it. One unlucky probe therefore never doubles the wait of an integration that delivers
-most of the time (a flaky one was starved: each failed single probe doubled the cooldown).
+Open: nothing is sent until the cooldown ends. Half-open: at most ``probes`` requests are in
+flight, and their answers are judged in rounds of ``probes`` by the same ratio (resilience4j's
+permitted calls in half-open state): fewer failed than ``failure_ratio`` closes it; every one
+failed means the integration is down, and it opens again for twice the cooldown (up to
+``max_cooldown``); some got through but more failed than the ratio allows means it answers but
+struggles, and the next round starts at once (the cooldown back at its base): a flaky
+integration keeps delivering, ``probes`` requests at a time, instead of being starved by
+single probes that each doubled the cooldown when they happened to fail.
 
 A failed request here is one that may succeed later (timeouts, connection errors, 5xx, 429): a
 permanent 4xx says the integration is up and answering.
@@ -46,8 +47,8 @@ class CircuitBreaker:
         self.opened = 0  # times it opened (metrics, tests)
         self._window: collections.deque[tuple[float, bool]] = collections.deque()
         self._window_failures = 0
-        self._probes_out = 0  # probe requests allowed in this half-open round, not yet back
-        self._probe_results: list[bool] = []
+        self._probes_out = 0  # attempts let through half-open and not yet finished
+        self._probe_results: list[bool] = []  # answers of this half-open round
 
     def state(self, now: float | None = None) -> BreakerState:
         """The state now: an open breaker whose cooldown ended is half-open."""
@@ -60,12 +61,8 @@ class CircuitBreaker:
 
     @property
     def probing(self) -> bool:
-        """Half-open with every probe of the round out or answered: nothing more may go until
-        the answers decide."""
-        return (
-            self._state == BreakerState.HALF_OPEN
-            and self._probes_out + len(self._probe_results) >= self.options.probes
-        )
+        """Half-open with ``probes`` attempts in flight: nothing more may go until one is back."""
+        return self._state == BreakerState.HALF_OPEN and self._probes_out >= self.options.probes
 
     def allow(self, now: float | None = None) -> bool:
         """Whether a request may go now; in half-open state, claims one of the probes (give it
@@ -118,7 +115,9 @@ class CircuitBreaker:
         elif pending == 0 and failed == len(results):
             self._open(now, self.cooldown * 2)  # none got through: down, back off further
         elif failed < len(results) and failed / o.probes >= o.failure_ratio:
-            self._open(now, o.cooldown)  # answering, struggling: probe again, no growth
+            # Answering, struggling: another round at once, probes at a time.
+            self._probe_results = []
+            self.cooldown = o.cooldown
 
     def _push(self, now: float, ok: bool) -> None:
         self._window.append((now, ok))
