@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import orjson
 import pytest
 from aiohttp import web
@@ -39,6 +40,7 @@ from gateway.integrations.base import (
     Response,
     register,
 )
+from gateway.integrations.transport import SendContext
 from gateway.store.base import DeliveryState
 from tests.support.delivery_rig import Rig
 from tests.support.receiver import Answer, Received, Receiver
@@ -718,6 +720,122 @@ async def test_only_failed_entries_are_sent_again(
         # Only the entries that asked to retry came again; never the delivered or dead ones.
         again = [n for body in sent[1:] for n in body]
         assert sorted(again) == [2, 4, 4]
+    finally:
+        await rig.close()
+
+
+# -- a type's own send step -------------------------------------------------------------------
+
+
+@pytest.fixture
+def job_api_type() -> Any:
+    """A test-only type whose send step does what the coming SaaS types need: fetch a token
+    from the vendor's token endpoint (the pooled session), submit the batch as a job with it,
+    poll the job (the shared transport, the lane's timeouts), and hand per-entry results to
+    ``read`` through ``detail``. A record whose email starts with ``boom`` makes it raise."""
+    name = f"test_job_api_{uuid.uuid4().hex[:8]}"
+
+    def build(integration: Any, batch: Any, **kw: Any) -> list[OutboundRequest]:
+        return http_type.build(integration, batch, **kw)
+
+    async def send(integration: Any, request: OutboundRequest, ctx: SendContext) -> Response:
+        if any(x["email"].startswith("boom") for x in orjson.loads(request.body)):
+            raise RuntimeError("a bug in the send step")
+        base = request.url.rsplit("/", 1)[0]
+        timeout = aiohttp.ClientTimeout(total=ctx.timeouts.read)
+        async with ctx.session.post(base + "/token", timeout=timeout) as resp:
+            token = orjson.loads(await resp.read())["access_token"]
+        headers = {**request.headers, "Authorization": f"Bearer {token}"}
+        submitted = await ctx.http(
+            OutboundRequest("POST", request.url, headers, request.body, request.delivery_ids)
+        )
+        if submitted.status != 202:
+            return submitted
+        job = orjson.loads(submitted.body)["job"]
+        done = await ctx.http(OutboundRequest("GET", f"{base}/jobs/{job}", headers, b""))
+        results = orjson.loads(done.body)["results"]
+        detail = dict(zip(request.delivery_ids, results, strict=True))
+        return Response(done.status, done.headers, done.body, detail)
+
+    def read(request: OutboundRequest, response: Response) -> list[Outcome]:
+        return [
+            Outcome(d, OutcomeKind.DELIVERED if ok else OutcomeKind.PERMANENT, 200, "refused")
+            for d, ok in response.detail.items()
+        ]
+
+    decl = register(
+        IntegrationType(
+            name=name,
+            description="Test only: a job API with its own token endpoint.",
+            connection=http_type.HTTP.connection,
+            settings=http_type.HTTP.settings,
+            actions=(Action("send", "Send entries.", open_fields=True),),
+            default_options={"batch_size": 10, "concurrency": 1},
+            build=build,
+            send=send,
+            read=read,
+        )
+    )
+    yield decl
+    TYPES.pop(name, None)
+
+
+async def test_a_type_sends_with_its_own_send_step(
+    tmp_path: Path, receiver: CountingReceiver, job_api_type: IntegrationType
+) -> None:
+    jobs: dict[str, list[Any]] = {}
+
+    def answer(r: Received) -> Answer:
+        if r.path == "/api/token":
+            return Answer(200, body=b'{"access_token": "t0k", "expires_in": 60}')
+        if r.headers.get("Authorization") != "Bearer t0k":
+            return Answer(401)
+        if r.method == "POST" and r.path == "/api/in":
+            jobs[str(len(jobs))] = r.json()
+            return Answer(202, body=orjson.dumps({"job": str(len(jobs) - 1)}))
+        if r.method == "GET" and r.path.startswith("/api/jobs/"):
+            entries = jobs[r.path.rsplit("/", 1)[1]]
+            return Answer(200, body=orjson.dumps({"results": [x["n"] != 3 for x in entries]}))
+        return Answer(404)
+
+    receiver.answer = answer
+    rig = await Rig.create(
+        tmp_path,
+        [
+            entry(
+                "jobs",
+                {"url": receiver.url + "/api/in"},
+                type=job_api_type.name,
+                settings={"body": "array"},
+                options={"breaker": NO_BREAKER},
+            )
+        ],
+        start=False,
+    )
+    try:
+        ids = [d for _ in range(4) for d in await rig.add(["jobs"])]
+        await rig.engine.start()
+        done = await rig.wait_settled(ids)
+        assert [d.state for d in done] == [
+            DeliveryState.DELIVERED,
+            DeliveryState.DELIVERED,
+            DeliveryState.DEAD,  # the job refused entry 3: read saw it in the detail
+            DeliveryState.DELIVERED,
+        ]
+        assert [x["n"] for x in jobs["0"]] == [1, 2, 3, 4]
+        assert [(r.method, r.path) for r in receiver.seen[:3]] == [
+            ("POST", "/api/token"),
+            ("POST", "/api/in"),
+            ("GET", "/api/jobs/0"),
+        ]
+        # A send step that raises fails its own request, to be retried, with the reason.
+        boom = await rig.add(["jobs"], {"email": "boom@example.com", "n": 9})
+        await wait_until(lambda: rig.engine.status()[0]["retried"] >= 1)
+        [pending] = await rig.deliveries(boom)
+        assert pending.state == DeliveryState.PENDING
+        assert "send step failed: RuntimeError('a bug in the send step')" in (
+            pending.last_error or ""
+        )
     finally:
         await rig.close()
 

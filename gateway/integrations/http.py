@@ -17,7 +17,7 @@ import hashlib
 import hmac
 import re
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import orjson
@@ -32,6 +32,9 @@ from gateway.integrations.base import (
     register,
 )
 from gateway.mapping.errors import MappingError
+
+if TYPE_CHECKING:
+    from gateway.mapping.model import CompiledIntegration
 
 _PLACEHOLDER = re.compile(r"\{([A-Za-z0-9_]+)\}")
 AUTH_TYPES = (
@@ -142,7 +145,7 @@ def _sigv4_headers(
 
 
 def _auth_headers(
-    integration: Any,
+    integration: CompiledIntegration,
     auth: dict[str, Any],
     request: tuple[str, str, dict[str, str], bytes],
     message_id: str,
@@ -202,7 +205,7 @@ def _merge(base: dict[str, str], extra: dict[str, str]) -> dict[str, str]:
 
 
 def build(
-    integration: Any,
+    integration: CompiledIntegration,
     batch: list[tuple[str, dict[str, Any]]],
     *,
     now: float | None = None,
