@@ -6,9 +6,10 @@ integration's rate limit, or already holding as much as it can send within the l
 straight back to the store, due again when the lane expects to be ready: a blocked lane never
 holds the claim path, and deliveries of other lanes flow past it.
 
-Each attempt maps the records through the mapping in force now, builds the requests with the
-type's builder, sends them through the shared transport, reads the answers into per-delivery
-outcomes, and records every attempt with its mapping version in one store transaction.
+Each attempt (attempt.py) maps the records through the mapping in force now, builds the
+requests with the type's builder, sends them with the type's send step (the shared HTTP
+transport unless the type has its own), reads the answers into per-delivery outcomes, and
+records every attempt with its mapping version in one store transaction.
 Delivery is at least once: a crash between sending and recording means the lease expires and
 the delivery is sent again, with the same idempotency key.
 """
