@@ -78,7 +78,7 @@ class _Item:
 class EngineSide(Protocol):
     """What an attempt needs of the engine that runs it."""
 
-    def release(self, count: int) -> None:
+    def finished(self, count: int) -> None:
         """``count`` claimed deliveries are out of the engine's hands (their outcomes are
         about to be recorded): room to claim more."""
 
@@ -166,7 +166,7 @@ class Attempts:
         finally:
             slots.release()
             lane.sending -= len(batch)
-            self._engine.release(len(batch))
+            self._engine.finished(len(batch))
             if probe:
                 lane.breaker.probe_returned()
                 lane.probe_done.set()

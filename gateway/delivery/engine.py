@@ -196,7 +196,7 @@ class DeliveryEngine:
         return [self.lanes[k].status(now) for k in sorted(self.lanes)]
 
     # -- what attempts report (attempt.EngineSide) ----------------------------------------
-    def release(self, count: int) -> None:
+    def finished(self, count: int) -> None:
         """``count`` claimed deliveries finished their attempt."""
         self._in_hand -= count
 
@@ -379,8 +379,9 @@ class DeliveryEngine:
         if not lane.queue:
             slots.release()
             return
-        probe = lane.breaker.state() == BreakerState.HALF_OPEN
-        if not lane.breaker.allow():
+        now = time.monotonic()  # one instant for both: a probe claimed is a probe returned
+        probe = lane.breaker.state(now) == BreakerState.HALF_OPEN
+        if not lane.breaker.allow(now):
             slots.release()
             return
         batch = self._take_batch(lane)
