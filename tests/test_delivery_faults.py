@@ -414,6 +414,42 @@ async def test_breaker_recovery_keeps_a_server_asked_wait(
         await rig.close()
 
 
+async def test_a_probe_that_sends_nothing_does_not_stall_the_lane(
+    tmp_path: Path, receiver: CountingReceiver
+) -> None:
+    # The probe's batch held only a record that cannot be mapped: no request, no answer. The
+    # breaker used to wait for that probe's answer for good, and the lane sent nothing again.
+    rig = await Rig.create(
+        tmp_path,
+        [
+            entry(
+                "hook",
+                {"url": receiver.url},
+                fields={"email": {"path": "email", "required": True}, "n": "n"},
+                options={
+                    "concurrency": 1,
+                    "breaker": {"failures": 1, "cooldown": "300ms", "probes": 1},
+                },
+            )
+        ],
+        start=False,
+    )
+    try:
+        await rig.engine.start()
+        lane = rig.engine.lane("shop", "hook")
+        lane.breaker.record(False)  # open, as after a failed request
+        [bad] = await rig.add(["hook"], {"n": 0})
+        [dead] = await rig.wait_settled([bad])
+        assert dead.state == DeliveryState.DEAD
+        assert (dead.last_error or "").startswith("mapping error")
+        good = [d for _ in range(3) for d in await rig.add(["hook"])]
+        done = await rig.wait_settled(good, within=10)
+        assert {d.state for d in done} == {DeliveryState.DELIVERED}
+        assert rig.engine.status()[0]["breaker"] == "closed"
+    finally:
+        await rig.close()
+
+
 # -- lanes ------------------------------------------------------------------------------------
 
 
