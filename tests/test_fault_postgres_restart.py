@@ -74,7 +74,9 @@ def test_postgres_restart_and_crash_under_load_lose_nothing_and_recover_by_thems
         gw.start()
         pid = gw.proc.pid if gw.proc else None
         key, secret = gw.create_key("shop")
-        load = SignedLoad([gw.url], key, secret, "shop", threads=3, batch_every=4).start()
+        load = SignedLoad(
+            [gw.url], key, secret, "shop", threads=3, batch_every=4, idempotency_keys=True
+        ).start()
         try:
             assert load.wait_acked(200), summary(load.snapshot())
 

@@ -47,6 +47,8 @@ class SignedLoad:
     ``batch_every``: every n-th request of a thread is a batch of ``batch_size`` records (0:
     single records only). ``pad``: bytes of filler in each record (to fill a disk sooner).
     ``pause``: seconds each thread waits between requests (0: as fast as answers come).
+    ``idempotency_keys``: every request carries an ``Idempotency-Key`` of its own (so the
+    gateway's idempotency lookup runs before each write).
     """
 
     def __init__(
@@ -62,6 +64,7 @@ class SignedLoad:
         pad: int = 0,
         pause: float = 0.0,
         timeout: float = 10.0,
+        idempotency_keys: bool = False,
     ) -> None:
         self.urls = list(urls)
         self.auth = BotocoreSigV4(key, secret)
@@ -71,6 +74,7 @@ class SignedLoad:
         self.pad = "x" * pad
         self.pause = pause
         self.timeout = timeout
+        self.idempotency_keys = idempotency_keys
         self.outcomes: list[Outcome] = []
         self.acked: dict[str, str] = {}  # record id -> tag
         self._lock = threading.Lock()
@@ -163,12 +167,15 @@ class SignedLoad:
     def _send(
         self, session: requests.Session, url: str, body: Any, kind: str, tags: list[str]
     ) -> Outcome:
+        headers = {"Content-Type": "application/json"}
+        if self.idempotency_keys:
+            headers["Idempotency-Key"] = uuid.uuid4().hex
         started = time.monotonic()
         try:
             r = session.post(
                 url,
                 data=orjson.dumps(body),
-                headers={"Content-Type": "application/json"},
+                headers=headers,
                 auth=self.auth,
                 timeout=self.timeout,
             )
