@@ -15,6 +15,7 @@ ingest and delivery resume by themselves in the same gateway process.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -51,6 +52,8 @@ def cluster() -> Iterator[pg_cluster.PgCluster]:
     try:
         c = pg_cluster.PgCluster.create()
     except pg_cluster.ClusterUnavailable as exc:
+        if os.environ.get("CI"):  # .ci/run installs what it needs: CI must run this test
+            pytest.fail(str(exc), pytrace=False)
         pytest.skip(str(exc))
     try:
         c.start()
