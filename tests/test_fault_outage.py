@@ -116,7 +116,7 @@ def test_long_outage_under_load_every_record_arrives_once_and_memory_stays_flat(
             twice = [t for t, keys in arrived.items() if len(keys) > 1]
             assert not twice, f"{len(twice)} records arrived under two idempotency keys"
             assert set(arrived) == acked  # and nothing that was not acknowledged
-            assert during >= 500, f"too little load during the outage: {during} records"
+            assert during >= 300, f"too little load during the outage: {during} records"
             # The outage was really retried (not just parked): attempts reached the receiver
             # while it answered 503 (the down phase refuses them before they count). The breaker
             # keeps them few: a probe at most every max_cooldown.
