@@ -86,14 +86,14 @@ def map_body(context: Any, body: Any) -> Any:
 
 @SCHEMA.parametrize()
 @settings(
-    max_examples=25,
+    max_examples=50,
     derandomize=True,
     deadline=None,
     database=None,
     phases=[Phase.explicit, Phase.generate],
     suppress_health_check=list(HealthCheck),
 )
-def test_api_answers_as_documented(case: schemathesis.Case) -> None:
+def test_api_answers_as_documented(case: schemathesis.Case[Any]) -> None:
     response = case.call_and_validate(base_url=_Gateway.url, checks=CHECKS, timeout=10)
     if case.path == "/v1/records" and response.status_code == 202:
         _Gateway.acked.append(response.json()["id"])
