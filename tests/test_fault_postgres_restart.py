@@ -1,16 +1,16 @@
 """PostgreSQL restarted for real under signed load (issue 11, failure tests).
 
 The server is a throwaway cluster of this test's own (tests/support/pg_cluster.py: initdb and
-pg_ctl on a free port), so stopping it hurts nobody else on the machine. A real ``gateway
-serve`` stores into it and delivers to a deduplicating receiver while threads send signed single
-records and batches. Mid-load the server is restarted with ``pg_ctl restart -m fast``, then
-crashed (``pg_ctl stop -m immediate``) and kept down for a few seconds before it starts again
-(recovering from its WAL).
+pg_ctl on a free port), so stopping it hurts nobody else on the machine. Two real ``gateway
+serve`` processes store into it and deliver to a deduplicating receiver while threads send
+signed single records and batches (with Idempotency-Keys) to both. Mid-load the server is
+restarted with ``pg_ctl restart -m fast``, then crashed (``pg_ctl stop -m immediate``) and kept
+down for a few seconds before it starts again (recovering from its WAL).
 
 Asserted: every record the producers were told was accepted (202, or accepted in a 200 batch)
 is stored and delivered (once, after deduplication by Idempotency-Key); while the server is
 down every answer is 503 ``STORE_UNAVAILABLE`` with ``Retry-After`` (never 500, never 202);
-ingest and delivery resume by themselves in the same gateway process.
+ingest and delivery resume by themselves in the same gateway processes.
 """
 
 from __future__ import annotations
@@ -66,19 +66,31 @@ def test_postgres_restart_and_crash_under_load_lose_nothing_and_recover_by_thems
     tmp_path: Path, cluster: pg_cluster.PgCluster
 ) -> None:
     with DedupReceiver() as rx:
-        gw = GatewayProcess(
-            tmp_path,
-            groups=(),
-            GATEWAY_STORE=cluster.url() + "?connect_timeout=3&command_timeout=10",
-            GATEWAY_DELIVERY_POLL_INTERVAL="0.1",
-            GATEWAY_MASTER_KEY="k" * 43 + "=",
-        )
-        (gw.mappings / "shop.yaml").write_text(MAPPING.format(url=rx.url))
-        gw.start()
-        pid = gw.proc.pid if gw.proc else None
-        key, secret = gw.create_key("shop")
+        # Two gateway processes on the one database, as in a scaled-out deployment: the load
+        # alternates between them, both claim deliveries, both must come back by themselves.
+        gateways = [
+            GatewayProcess(
+                tmp_path / name,
+                groups=(),
+                GATEWAY_STORE=cluster.url() + "?connect_timeout=3&command_timeout=10",
+                GATEWAY_DELIVERY_POLL_INTERVAL="0.1",
+                GATEWAY_MASTER_KEY="k" * 43 + "=",
+            )
+            for name in ("a", "b")
+        ]
+        for gw in gateways:
+            (gw.mappings / "shop.yaml").write_text(MAPPING.format(url=rx.url))
+            gw.start()
+        pids = [gw.proc.pid if gw.proc else None for gw in gateways]
+        key, secret = gateways[0].create_key("shop")  # one store: both processes know it
         load = SignedLoad(
-            [gw.url], key, secret, "shop", threads=3, batch_every=4, idempotency_keys=True
+            [gw.url for gw in gateways],
+            key,
+            secret,
+            "shop",
+            threads=3,
+            batch_every=4,
+            idempotency_keys=True,
         ).start()
         try:
             assert load.wait_acked(200), summary(load.snapshot())
@@ -118,13 +130,14 @@ def test_postgres_restart_and_crash_under_load_lose_nothing_and_recover_by_thems
             )
             assert all(o.retry_after for o in outcomes if o.status == 503)
 
-            # The same process all along: nothing restarted the gateway.
-            assert gw.proc is not None
-            assert gw.proc.poll() is None
-            assert gw.proc.pid == pid
+            # The same processes all along: nothing restarted a gateway.
+            for gw, pid in zip(gateways, pids, strict=True):
+                assert gw.proc is not None
+                assert gw.proc.poll() is None
+                assert gw.proc.pid == pid
 
             acked = dict(load.acked)
-            missing = missing_records(gw.url, key, secret, acked)
+            missing = missing_records(gateways[1].url, key, secret, acked)
             assert not missing, f"{len(missing)} of {len(acked)} acknowledged records not stored"
 
             arrived = rx.wait_for_tags(set(acked.values()), within=60)
@@ -132,6 +145,8 @@ def test_postgres_restart_and_crash_under_load_lose_nothing_and_recover_by_thems
             assert not lost, f"{len(lost)} of {len(acked)} acknowledged records never delivered"
             twice = {t: k for t, k in arrived.items() if len(k) > 1}
             assert not twice, f"records delivered under two idempotency keys: {list(twice)[:3]}"
-            assert '"internal_error"' not in gw.output()
+            for gw in gateways:
+                assert '"internal_error"' not in gw.output()
         finally:
-            assert gw.stop() == 0, gw.output()[-3000:]
+            for gw in gateways:
+                assert gw.stop() == 0, gw.output()[-3000:]
