@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from gateway.app import STORE, create_app
@@ -21,11 +22,12 @@ from gateway.auth.keys import SecretBox, create_key, load_master_key
 from gateway.config import load_settings
 from tests.support.signing import sign
 
+Client = TestClient[web.Request, web.Application]
 RECORD = json.dumps({"group_key": "demo", "data": {"a": 1}}).encode()
 
 
 @pytest.fixture
-async def client(aiohttp_client: Any, tmp_path: Path) -> TestClient:
+async def client(aiohttp_client: Any, tmp_path: Path) -> Client:
     mappings = tmp_path / "mappings"
     mappings.mkdir()
     (mappings / "demo.yaml").write_text("group_key: demo\nintegrations: []\n")
@@ -41,9 +43,7 @@ async def client(aiohttp_client: Any, tmp_path: Path) -> TestClient:
     return await aiohttp_client(create_app(settings))  # type: ignore[no-any-return]
 
 
-async def _post(
-    client: TestClient, key: str, secret: str, path: str, headers: dict[str, str]
-) -> Any:
+async def _post(client: Client, key: str, secret: str, path: str, headers: dict[str, str]) -> Any:
     url = str(client.make_url(path))
     _, signed = sign("POST", url, RECORD, headers, key=key, secret=secret)
     return await client.post(path, data=RECORD, headers=signed)
@@ -51,9 +51,11 @@ async def _post(
 
 @pytest.mark.parametrize("idempotency_key", [None, "k-1"])
 async def test_store_down_at_key_lookup_or_idempotency_lookup_is_503(
-    client: TestClient, tmp_path: Path, idempotency_key: str | None
+    client: Client, tmp_path: Path, idempotency_key: str | None
 ) -> None:
-    store = client.server.app[STORE]
+    app = client.app
+    assert app is not None
+    store = app[STORE]
     box = SecretBox(load_master_key(tmp_path / "data", None))
     made = await create_key(store, box, ["demo"])
     headers = {"Content-Type": "application/json"}
