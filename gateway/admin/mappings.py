@@ -7,7 +7,7 @@ from aiohttp import web
 
 from gateway.appkeys import MAPPINGS, RELOADER, SETTINGS
 from gateway.errors import ApiError, json_response
-from gateway.mapping.preview import limits_of, preview_group
+from gateway.preview import limits_of, preview_group
 
 
 async def reload_mappings(request: web.Request) -> web.Response:

@@ -34,12 +34,12 @@ from gateway.integrations.base import (
     Outcome,
     OutcomeKind,
     Response,
+    TransportError,
 )
 from gateway.integrations.oauth2 import TokenCache, TokenError
 from gateway.integrations.transport import (
     SendContext,
     Transport,
-    TransportError,
     outcomes_by_status,
 )
 from gateway.mapping.errors import MappingError

@@ -140,6 +140,12 @@ class BuildErrors(Exception):
         super().__init__("; ".join(f"{d}: {e}" for d, e in errors.items()))
 
 
+class TransportError(Exception):
+    """The request got no answer (connection, timeout, local I/O); worth retrying."""
+
+    permanent = False  # True for a refused destination (destinations.DestinationRefused)
+
+
 @dataclass(slots=True)
 class Response:
     """An integration's answer to one :class:`OutboundRequest`.

@@ -24,9 +24,10 @@ from gateway.integrations.base import (
     Param,
     Response,
     TokenProvider,
+    TransportError,
     register,
 )
-from gateway.integrations.transport import SendContext, TransportError
+from gateway.integrations.transport import SendContext
 
 if TYPE_CHECKING:
     from gateway.mapping.model import CompiledIntegration

@@ -21,15 +21,18 @@ from gateway.integrations.base import (
     Outcome,
     OutcomeKind,
     Response,
+    TransportError,
 )
+from gateway.integrations.destinations import GuardedConnector
 
 _ERROR_BODY_CHARS = 300
+#: Answers that say "try again later"; with every 5xx they retry, other non-2xx are permanent.
+RETRY_STATUSES = frozenset({408, 425, 429})
 
 
-class TransportError(Exception):
-    """The request got no answer (connection, timeout, local I/O); worth retrying."""
-
-    permanent = False  # True for a refused destination (destinations.DestinationRefused)
+def is_retryable_status(status: int) -> bool:
+    """408, 425, 429 and every 5xx retry; other non-2xx answers are permanent."""
+    return status in RETRY_STATUSES or status >= 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,8 +55,6 @@ class Transport:
         """The pooled session (created on first use): the one place outbound connections of
         every integration are made."""
         if self._session is None or self._session.closed:
-            from gateway.integrations.destinations import GuardedConnector
-
             # limit=0: no pool-wide cap (lanes limit themselves); keep-alive per host. Every
             # connection is checked against the destination policy (destinations.py).
             connector = GuardedConnector(limit=0, limit_per_host=0)
@@ -141,8 +142,6 @@ def outcomes_by_status(
 ) -> list[Outcome]:
     """Every delivery of the request judged by the status: 2xx delivered; 408, 425, 429 and
     5xx retry (after ``retry_after`` when the server gave one); any other status permanent."""
-    from gateway.delivery.policy import is_retryable_status
-
     status = response.status
     if 200 <= status < 300:
         kind, error = OutcomeKind.DELIVERED, None
