@@ -1,7 +1,8 @@
 """The admin API: a sub-application mounted at ``/admin/v1``, behind a bearer token.
 
 Every route of the sub-application (:mod:`gateway.admin.mappings`,
-:mod:`gateway.admin.deliveries`) is guarded by one middleware, :func:`admin_auth`: the
+:mod:`gateway.admin.groups`, :mod:`gateway.admin.keys`, :mod:`gateway.admin.deliveries`,
+:mod:`gateway.admin.openapi`) is guarded by one middleware, :func:`admin_auth`: the
 ``GATEWAY_ADMIN_TOKEN`` bearer token, compared in constant time; the API answers
 ``403 ADMIN_API_DISABLED`` when the gateway runs without a token. Handlers read the main
 application's state through ``request.config_dict``.
@@ -14,7 +15,7 @@ import hmac
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from gateway.admin import deliveries, mappings
+from gateway.admin import deliveries, groups, keys, mappings, openapi
 from gateway.appkeys import ADMIN_TOKEN
 from gateway.errors import ApiError
 
@@ -65,7 +66,10 @@ def create_admin_app(admin_token: str | None) -> web.Application:
     admin = web.Application(middlewares=[admin_auth])
     admin[ADMIN_TOKEN] = admin_token or ""
     mappings.add_routes(admin)
+    groups.add_routes(admin)
+    keys.add_routes(admin)
     deliveries.add_routes(admin)
+    openapi.add_routes(admin)
     return admin
 
 

@@ -43,6 +43,7 @@ from gateway.store import queries
 from gateway.store.base import (
     AccessKey,
     Attempt,
+    AuditEntry,
     ClaimedDelivery,
     Delivery,
     DeliveryFilter,
@@ -51,6 +52,7 @@ from gateway.store.base import (
     IngestResult,
     IngestWrite,
     LaneStats,
+    MappingVersion,
     Page,
     Store,
     StoredRecord,
@@ -628,7 +630,41 @@ class GroupCommitStore(Store):
 
     async def revoke_access_key(self, access_key_id: str, now: float) -> bool:
         """Mark the key revoked (keeping the first revocation time); False if unknown."""
-        return await self._execute(queries.REVOKE_ACCESS_KEY, (now, access_key_id)) > 0
+        return await self._execute(queries.REVOKE_ACCESS_KEY, (now, now, access_key_id)) > 0
+
+    # -- mapping versions and audit (the management API) ----------------------------------
+    async def add_mapping_version(
+        self, group_key: str, version: str, content: str, at: float, actor: str, action: str
+    ) -> None:
+        """Record the next version of a group's mapping file (numbered 1, 2, ... per group)."""
+        await self._execute(
+            queries.INSERT_MAPPING_VERSION,
+            (group_key, version, content, at, actor, action, group_key),
+        )
+
+    async def list_mapping_versions(self, group_key: str) -> list[MappingVersion]:
+        """Every recorded version of the group's file, oldest first."""
+        rows = await self._fetch(queries.LIST_MAPPING_VERSIONS, (group_key,))
+        return [MappingVersion(*r) for r in rows]
+
+    async def get_mapping_version(self, group_key: str, number: int) -> MappingVersion | None:
+        """Version ``number`` of the group's file, or None."""
+        rows = await self._fetch(queries.SELECT_MAPPING_VERSION, (group_key, number))
+        return MappingVersion(*rows[0]) if rows else None
+
+    async def latest_mapping_version(self, group_key: str) -> MappingVersion | None:
+        """The newest recorded version of the group's file, or None."""
+        rows = await self._fetch(queries.LATEST_MAPPING_VERSION, (group_key,))
+        return MappingVersion(*rows[0]) if rows else None
+
+    async def add_audit(self, at: float, actor: str, action: str, target: str, detail: str) -> None:
+        """Append one entry to the audit log (``detail``: a JSON object, never a secret)."""
+        await self._execute(queries.INSERT_AUDIT, (at, actor, action, target, detail))
+
+    async def list_audit(self, after: int = 0, limit: int = 100) -> list[AuditEntry]:
+        """Audit entries with an id above ``after``, oldest first, at most ``limit``."""
+        rows = await self._fetch(queries.LIST_AUDIT, (after, limit))
+        return [AuditEntry(*r) for r in rows]
 
     # -- deliveries -----------------------------------------------------------------------
     async def list_deliveries(
