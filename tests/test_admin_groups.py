@@ -1,18 +1,24 @@
 """The management API (issue 14) on a real in-process server: groups, integrations, versions,
 rollback, audit and keys; If-Match (412/428), 422 with key paths (file unchanged), 404, 409;
-hand edits seen as versions; comments kept; every error in the envelope."""
+hand edits seen as versions; comments kept; every error in the envelope. Every answer is
+checked against the admin OpenAPI document with openapi-core."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
+from openapi_core import OpenAPI
+from openapi_core.testing import MockRequest, MockResponse
 
 from gateway.app import create_app
 from gateway.config import load_settings
 
+SPEC = OpenAPI.from_path(Path(__file__).parents[1] / "gateway" / "admin" / "openapi.json")
 TOKEN = "admin-token-for-management-tests"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
 
@@ -51,10 +57,22 @@ async def client(aiohttp_client, tmp_path: Path):
 
 
 async def call(client, method: str, path: str, body: Any = None, **headers: str):
-    r = await client.request(
-        method, "/admin/v1" + path, json=body, headers={**ADMIN, **headers}
+    """One admin request; its answer is validated against the OpenAPI document."""
+    r = await client.request(method, "/admin/v1" + path, json=body, headers={**ADMIN, **headers})
+    raw = await r.read()
+    data = json.loads(raw) if r.content_type == "application/json" else None
+    url = urlsplit("/admin/v1" + path)
+    SPEC.validate_response(
+        MockRequest(
+            "http://localhost",
+            method.lower(),
+            url.path,
+            args=dict(p.split("=", 1) for p in url.query.split("&") if "=" in p),
+            headers={**ADMIN, **headers},
+            data=json.dumps(body).encode() if body is not None else None,
+        ),
+        MockResponse(raw, status_code=r.status, headers=dict(r.headers), content_type=r.content_type),
     )
-    data = await r.json() if r.content_type == "application/json" else None
     return r, data
 
 
