@@ -71,7 +71,9 @@ async def call(client, method: str, path: str, body: Any = None, **headers: str)
             headers={**ADMIN, **headers},
             data=json.dumps(body).encode() if body is not None else None,
         ),
-        MockResponse(raw, status_code=r.status, headers=dict(r.headers), content_type=r.content_type),
+        MockResponse(
+            raw, status_code=r.status, headers=dict(r.headers), content_type=r.content_type
+        ),
     )
     return r, data
 
@@ -114,13 +116,20 @@ async def test_put_needs_if_match_and_refuses_stale(client):
     r, data = await call(client, "PUT", "/groups/shop", new, **{"If-Match": '"0000"'})
     assert r.status == 412
     assert envelope(data, "VERSION_MISMATCH")["current_version"] == g["version"]
-    r, data = await call(client, "PUT", "/groups/shop", new, **{"If-Match": r.headers.get("ETag") or f'"{g["version"]}"'})
+    r, data = await call(
+        client,
+        "PUT",
+        "/groups/shop",
+        new,
+        **{"If-Match": r.headers.get("ETag") or f'"{g["version"]}"'},
+    )
     assert r.status == 200, data
     assert data["content"]["description"] == "Changed"
     assert data["live_version"] == data["version"] != g["version"]
     text = (client.mappings / "shop.yaml").read_text()
     # Comments of the parts not changed are kept.
-    assert "# Web shop sign-ups" in text and "# the NDJSON file" in text
+    assert "# Web shop sign-ups" in text
+    assert "# the NDJSON file" in text
     assert "# the producer's name" in text
     # The old ETag is stale now.
     r, data = await call(client, "PUT", "/groups/shop", new, **{"If-Match": f'"{g["version"]}"'})
@@ -134,7 +143,12 @@ async def test_invalid_put_is_422_with_paths_and_file_unchanged(client):
         **g["content"],
         "integrations": [
             {"name": "local", "type": "nosuchtype"},
-            {"name": "x", "type": "file", "connection": {"path": "/tmp/x"}, "fields": {"nope": {"transform": ["nosuch"]}}},
+            {
+                "name": "x",
+                "type": "file",
+                "connection": {"path": "/tmp/x"},
+                "fields": {"nope": {"transform": ["nosuch"]}},
+            },
         ],
     }
     r, data = await call(client, "PUT", "/groups/shop", bad, **{"If-Match": g["version"]})
@@ -154,7 +168,10 @@ async def test_literal_secret_refused(client):
             {
                 "name": "hook",
                 "type": "http",
-                "connection": {"url": "http://127.0.0.1:9/x", "auth": {"type": "bearer", "token": "literal-secret"}},
+                "connection": {
+                    "url": "http://127.0.0.1:9/x",
+                    "auth": {"type": "bearer", "token": "literal-secret"},
+                },
                 "fields": {"email": "epost"},
             }
         ],
@@ -167,7 +184,10 @@ async def test_literal_secret_refused(client):
 async def test_create_clone_versions_rollback_and_audit(client):
     out = client.tmp / "new.ndjson"
     r, g = await call(
-        client, "POST", "/groups", {"group_key": "shop-se", "integrations": [entry("a", out)], "create_key": True}
+        client,
+        "POST",
+        "/groups",
+        {"group_key": "shop-se", "integrations": [entry("a", out)], "create_key": True},
     )
     assert r.status == 201, g
     assert g["access_key"]["secret_access_key"]
@@ -177,7 +197,8 @@ async def test_create_clone_versions_rollback_and_audit(client):
     envelope(data, "GROUP_EXISTS")
     # generated key
     r, gen = await call(client, "POST", "/groups", {"integrations": []})
-    assert r.status == 201 and gen["group_key"]
+    assert r.status == 201
+    assert gen["group_key"]
     # clone
     r, c = await call(client, "POST", "/groups/shop/clone", {"group_key": "shop-no"})
     assert r.status == 201, c
@@ -185,14 +206,19 @@ async def test_create_clone_versions_rollback_and_audit(client):
     assert "# the NDJSON file" in (client.mappings / "shop-no.yaml").read_text()
     # versions, then rollback
     v1 = g["version"]
-    r, g2 = await call(client, "PATCH", "/groups/shop-se/integrations/a", {"enabled": False}, **{"If-Match": v1})
+    r, g2 = await call(
+        client, "PATCH", "/groups/shop-se/integrations/a", {"enabled": False}, **{"If-Match": v1}
+    )
     assert r.status == 200, g2
     assert g2["integration"]["enabled"] is False
     r, vs = await call(client, "GET", "/groups/shop-se/versions")
     assert [v["action"] for v in vs["versions"]] == ["create", "integration.update"]
     r, one = await call(client, "GET", "/groups/shop-se/versions/1")
-    assert one["version"] == v1 and "group_key: shop-se" in one["text"]
-    r, rb = await call(client, "POST", "/groups/shop-se/rollback", {"version": 1}, **{"If-Match": g2["version"]})
+    assert one["version"] == v1
+    assert "group_key: shop-se" in one["text"]
+    r, rb = await call(
+        client, "POST", "/groups/shop-se/rollback", {"version": 1}, **{"If-Match": g2["version"]}
+    )
     assert r.status == 200, rb
     assert rb["version"] == v1
     r, vs = await call(client, "GET", "/groups/shop-se/versions")
@@ -201,21 +227,33 @@ async def test_create_clone_versions_rollback_and_audit(client):
     assert r.status == 404
     r, au = await call(client, "GET", "/audit")
     actions = [e["action"] for e in au["entries"]]
-    assert "group.create" in actions and "key.create" in actions and "group.rollback" in actions
+    assert "group.create" in actions
+    assert "key.create" in actions
+    assert "group.rollback" in actions
     assert all(e["actor"] == "admin" for e in au["entries"])
 
 
 async def test_integrations_crud(client):
     _, g = await call(client, "GET", "/groups/shop")
     out = client.tmp / "b.ndjson"
-    r, data = await call(client, "POST", "/groups/shop/integrations", entry("b", out), **{"If-Match": g["version"]})
+    r, data = await call(
+        client, "POST", "/groups/shop/integrations", entry("b", out), **{"If-Match": g["version"]}
+    )
     assert r.status == 201, data
     v = data["version"]
-    r, data = await call(client, "POST", "/groups/shop/integrations", entry("b", out), **{"If-Match": v})
+    r, data = await call(
+        client, "POST", "/groups/shop/integrations", entry("b", out), **{"If-Match": v}
+    )
     assert r.status == 409
     r, data = await call(client, "GET", "/groups/shop/integrations")
     assert [e["name"] for e in data["integrations"]] == ["local", "b"]
-    r, data = await call(client, "PUT", "/groups/shop/integrations/b", entry("b", out, options={"batch_size": 5}), **{"If-Match": v})
+    r, data = await call(
+        client,
+        "PUT",
+        "/groups/shop/integrations/b",
+        entry("b", out, options={"batch_size": 5}),
+        **{"If-Match": v},
+    )
     assert r.status == 200, data
     v = data["version"]
     r, data = await call(client, "GET", "/groups/shop/integrations/b")
@@ -236,7 +274,7 @@ async def test_hand_edit_is_a_new_version_and_api_sees_it(client):
     assert g2["content"]["description"] == "By hand"
     assert g2["version"] != g["version"]
     # A write based on the version before the hand edit is refused: no lost change.
-    r, data = await call(client, "PUT", "/groups/shop", g["content"], **{"If-Match": g["version"]})
+    r, _data = await call(client, "PUT", "/groups/shop", g["content"], **{"If-Match": g["version"]})
     assert r.status == 412
     _, vs = await call(client, "GET", "/groups/shop/versions")
     assert [v["actor"] for v in vs["versions"]][-1] == "file"
@@ -263,11 +301,17 @@ async def test_keys_list_create_rotate_revoke(client):
     r, data = await call(client, "GET", "/keys")
     assert secret not in str(data)
     assert [x["state"] for x in data["keys"]] == ["active"]
-    r, rot = await call(client, "POST", f"/keys/{k['access_key_id']}/rotate", {"old_key_valid_until": "2999-01-01T00:00:00Z"})
+    r, rot = await call(
+        client,
+        "POST",
+        f"/keys/{k['access_key_id']}/rotate",
+        {"old_key_valid_until": "2999-01-01T00:00:00Z"},
+    )
     assert r.status == 422
     r, rot = await call(client, "POST", f"/keys/{k['access_key_id']}/rotate", {})
     assert r.status == 201, rot
-    assert rot["groups"] == ["shop"] and rot["access_key_id"] != k["access_key_id"]
+    assert rot["groups"] == ["shop"]
+    assert rot["access_key_id"] != k["access_key_id"]
     _, data = await call(client, "GET", "/keys")
     states = {x["access_key_id"]: x["state"] for x in data["keys"]}
     assert states == {k["access_key_id"]: "expiring", rot["access_key_id"]: "active"}
@@ -290,7 +334,9 @@ async def test_delete_group_and_unknowns(client):
     _, g = await call(client, "GET", "/groups/shop")
     r, data = await call(client, "DELETE", "/groups/shop")
     assert r.status == 428
-    r, data = await call(client, "DELETE", "/groups/shop?pending=maybe", **{"If-Match": g["version"]})
+    r, data = await call(
+        client, "DELETE", "/groups/shop?pending=maybe", **{"If-Match": g["version"]}
+    )
     assert r.status == 400
     r, data = await call(client, "DELETE", "/groups/shop", **{"If-Match": g["version"]})
     assert r.status == 204
@@ -300,10 +346,14 @@ async def test_delete_group_and_unknowns(client):
 
 
 async def test_bad_bodies(client):
-    r = await client.post("/admin/v1/groups", data=b"{nope", headers={**ADMIN, "Content-Type": "application/json"})
+    r = await client.post(
+        "/admin/v1/groups", data=b"{nope", headers={**ADMIN, "Content-Type": "application/json"}
+    )
     assert r.status == 400
     envelope(await r.json(), "MALFORMED_JSON")
-    r = await client.post("/admin/v1/groups", data=b"x", headers={**ADMIN, "Content-Type": "text/plain"})
+    r = await client.post(
+        "/admin/v1/groups", data=b"x", headers={**ADMIN, "Content-Type": "text/plain"}
+    )
     assert r.status == 415
     r, data = await call(client, "POST", "/groups", [1, 2])
     assert r.status == 422
