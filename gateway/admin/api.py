@@ -2,8 +2,9 @@
 
 Every route of the sub-application (:mod:`gateway.admin.mappings`,
 :mod:`gateway.admin.groups`, :mod:`gateway.admin.keys`, :mod:`gateway.admin.deliveries`,
-:mod:`gateway.admin.openapi`) is guarded by one middleware, :func:`admin_auth`: the
-``GATEWAY_ADMIN_TOKEN`` bearer token, compared in constant time; the API answers
+:mod:`gateway.admin.openapi`, :mod:`gateway.admin.tokens`) is guarded by one middleware,
+:func:`admin_auth`: the ``GATEWAY_ADMIN_TOKEN`` bearer token, compared in constant time, or a
+scoped token (:mod:`gateway.admin.tokens`) limited by role and groups; the API answers
 ``403 ADMIN_API_DISABLED`` when the gateway runs without a token. Handlers read the main
 application's state through ``request.config_dict``.
 """
@@ -15,7 +16,7 @@ import hmac
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from gateway.admin import deliveries, groups, keys, mappings, openapi
+from gateway.admin import deliveries, groups, keys, mappings, openapi, tokens
 from gateway.appkeys import ADMIN_TOKEN
 from gateway.errors import ApiError
 
@@ -49,6 +50,24 @@ def require_admin(request: web.Request) -> None:
         raise ApiError(401, "INVALID_ADMIN_TOKEN", "The admin token is not valid")
 
 
+async def authenticate(request: web.Request) -> None:
+    """The full admin token, or a scoped token (gateway.admin.tokens) and what it may do."""
+    header = request.headers.get("Authorization", "")
+    scheme, _, given = header.partition(" ")
+    given_bytes = given.strip().encode("utf-8", "surrogateescape")
+    full = request.config_dict.get(ADMIN_TOKEN)
+    if (
+        full
+        and scheme.lower() == "bearer"
+        and given_bytes.startswith(tokens.PREFIX)
+        and not hmac.compare_digest(given_bytes, full.encode())
+    ):
+        await tokens.authenticate(request, given_bytes)
+        tokens.authorize(request)
+        return
+    require_admin(request)
+
+
 @web.middleware
 async def admin_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Check the admin token before any admin handler runs.
@@ -57,7 +76,7 @@ async def admin_auth(request: web.Request, handler: Handler) -> web.StreamRespon
     anywhere else (its match carries the HTTP error), token or not.
     """
     if request.match_info.http_exception is None:
-        require_admin(request)
+        await authenticate(request)
     return await handler(request)
 
 
@@ -70,6 +89,7 @@ def create_admin_app(admin_token: str | None) -> web.Application:
     keys.add_routes(admin)
     deliveries.add_routes(admin)
     openapi.add_routes(admin)
+    tokens.add_routes(admin)
     return admin
 
 

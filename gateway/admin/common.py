@@ -4,6 +4,7 @@ acting identity and the audit log."""
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,6 +19,36 @@ from gateway.store.base import StoreError
 ADMIN_ACTOR = "admin"
 
 
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who a request acts as: the full admin token, or a scoped token."""
+
+    actor: str  # "admin" or "token:<id>"
+    role: str
+    groups: frozenset[str] | None  # None: every group
+
+    def sees(self, group: str) -> bool:
+        """Whether the token may see (and, with its role, change) ``group``."""
+        return self.groups is None or group in self.groups
+
+
+FULL = Principal(ADMIN_ACTOR, "admin", None)
+
+#: Where the admin middleware puts the request's :class:`Principal` (a typed request key
+#: where aiohttp has them, 3.12 and later).
+PRINCIPAL: Any = (
+    web.RequestKey("admin_principal", Principal)
+    if hasattr(web, "RequestKey")
+    else "admin_principal"
+)
+
+
+def principal(request: web.Request) -> Principal:
+    """The request's principal (set by the admin middleware; full access otherwise)."""
+    found = request.get(PRINCIPAL)
+    return found if isinstance(found, Principal) else FULL
+
+
 def iso(t: float | None) -> str | None:
     """Epoch seconds as ISO 8601 UTC (``2025-05-01T12:00:00.000Z``)."""
     if t is None:
@@ -26,8 +57,8 @@ def iso(t: float | None) -> str | None:
 
 
 def actor_of(request: web.Request) -> str:
-    """The identity a change is recorded under (the admin token is the only one today)."""
-    return ADMIN_ACTOR
+    """The identity a change is recorded under: ``admin`` or ``token:<id>``."""
+    return principal(request).actor
 
 
 async def parse_body(request: web.Request, *, allow_empty: bool = False) -> Any:

@@ -31,7 +31,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from gateway.admin.common import actor_of, audit, iso, parse_body, read_limit
+from gateway.admin.common import actor_of, audit, iso, parse_body, principal, read_limit
 from gateway.appkeys import ENGINE, MAPPINGS, RELOADER, SECRET_BOX, STORE
 from gateway.auth.keys import create_key
 from gateway.errors import ApiError, json_response
@@ -55,7 +55,8 @@ def _directory(request: web.Request) -> Path:
 
 def _path(request: web.Request, group: str) -> Path:
     """The group's file; 404 for a name that cannot be a group (never a path outside)."""
-    if not writer.GROUP_KEY_RE.fullmatch(group):
+    # A group outside a scoped token's groups is answered exactly like a missing one.
+    if not writer.GROUP_KEY_RE.fullmatch(group) or not principal(request).sees(group):
         raise _no_group(group)
     return _directory(request) / f"{group}.yaml"
 
@@ -288,8 +289,8 @@ async def list_groups(request: web.Request) -> web.Response:
         raise ApiError(
             503, "MAPPINGS_UNREADABLE", f"cannot read the mappings directory: {exc.strerror}"
         ) from None
-    if after is not None:
-        names = [n for n in names if n > after]
+    who = principal(request)
+    names = [n for n in names if who.sees(n) and (after is None or n > after)]
     page, more = names[:limit], len(names) > limit
     groups = []
     for name in page:
@@ -301,7 +302,9 @@ async def list_groups(request: web.Request) -> web.Response:
         {
             "groups": groups,
             "next_cursor": _encode_cursor(page[-1]) if more and page else None,
-            "problems": [p.to_dict() for p in registry.all_problems()],
+            "problems": [
+                p.to_dict() for p in registry.all_problems() if who.sees(Path(p.file).stem)
+            ],
         }
     )
 

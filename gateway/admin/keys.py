@@ -9,7 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.admin.common import audit, iso, parse_body
+from gateway.admin.common import audit, iso, parse_body, principal
 from gateway.appkeys import MAPPINGS, SECRET_BOX, STORE
 from gateway.auth.keys import CreatedKey, create_key
 from gateway.errors import ApiError, json_response
@@ -62,8 +62,21 @@ async def list_keys(request: web.Request) -> web.Response:
     now = time.time()
     keys = await request.config_dict[STORE].list_access_keys()
     return json_response(
-        {"keys": [_key_view(k, now) for k in keys if group is None or group in k.groups]}
+        {
+            "keys": [
+                _key_view(k, now)
+                for k in keys
+                if (group is None or group in k.groups) and _visible(request, k)
+            ]
+        }
     )
+
+
+def _visible(request: web.Request, key: AccessKey) -> bool:
+    # A scoped token sees a key only when it sees every group of the key: otherwise the key
+    # would tell it that the other groups exist.
+    who = principal(request)
+    return all(who.sees(g) for g in key.groups)
 
 
 def _groups(request: web.Request, value: Any) -> list[str]:
@@ -74,7 +87,8 @@ def _groups(request: web.Request, value: Any) -> list[str]:
     ):
         raise _invalid("groups", "a non-empty list of group keys")
     directory = request.config_dict[MAPPINGS].directory
-    missing = [g for g in value if not (directory / f"{g}.yaml").exists()]
+    who = principal(request)
+    missing = [g for g in value if not who.sees(g) or not (directory / f"{g}.yaml").exists()]
     if missing:
         raise ApiError(
             422,
@@ -126,7 +140,7 @@ async def create(request: web.Request) -> web.Response:
 async def _get(request: web.Request) -> AccessKey:
     key_id = request.match_info["key_id"]
     key = await request.config_dict[STORE].get_access_key(key_id)
-    if key is None:
+    if key is None or not _visible(request, key):
         raise ApiError(404, "UNKNOWN_ACCESS_KEY", f"no access key {key_id!r}")
     return key
 

@@ -228,6 +228,19 @@ class AuditEntry:
 
 
 @dataclass(slots=True)
+class AdminToken:
+    """A scoped admin token; only a hash of its secret is stored (see gateway.admin.tokens)."""
+
+    token_id: str
+    secret_hash: str
+    role: str  # read, write, admin
+    groups: list[str] | None  # None: every group
+    name: str | None
+    created_at: float
+    revoked_at: float | None = None
+
+
+@dataclass(slots=True)
 class Page(Generic[T]):
     """One page of a listing; ``next_cursor`` is None on the last page."""
 
@@ -323,6 +336,22 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def list_audit(self, after: int = 0, limit: int = 100) -> list[AuditEntry]:
         """Audit entries with an id above ``after``, oldest first."""
+
+    @abc.abstractmethod
+    async def create_admin_token(self, token: AdminToken) -> None:
+        """Store a new scoped admin token."""
+
+    @abc.abstractmethod
+    async def get_admin_token(self, token_id: str) -> AdminToken | None:
+        """The token, revoked or not, or None."""
+
+    @abc.abstractmethod
+    async def list_admin_tokens(self) -> list[AdminToken]:
+        """Every scoped admin token, oldest first."""
+
+    @abc.abstractmethod
+    async def revoke_admin_token(self, token_id: str, now: float) -> bool:
+        """Mark the token revoked; False when there is no such token."""
 
     # -- deliveries -----------------------------------------------------------------------
     @abc.abstractmethod

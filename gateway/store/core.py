@@ -42,6 +42,7 @@ import orjson
 from gateway.store import queries
 from gateway.store.base import (
     AccessKey,
+    AdminToken,
     Attempt,
     AuditEntry,
     ClaimedDelivery,
@@ -237,6 +238,12 @@ def access_key(row: Row) -> AccessKey:
         rate_limit=row[6],
         rate_burst=row[7],
     )
+
+
+def admin_token(row: Row) -> AdminToken:
+    """A row of TOKEN_COLS as an AdminToken."""
+    groups = orjson.loads(row[3]) if row[3] is not None else None
+    return AdminToken(row[0], row[1], row[2], groups, row[4], row[5], row[6])
 
 
 def access_key_params(key: AccessKey) -> tuple[Any, ...]:
@@ -665,6 +672,35 @@ class GroupCommitStore(Store):
         """Audit entries with an id above ``after``, oldest first, at most ``limit``."""
         rows = await self._fetch(queries.LIST_AUDIT, (after, limit))
         return [AuditEntry(*r) for r in rows]
+
+    async def create_admin_token(self, token: AdminToken) -> None:
+        """Store a new scoped admin token; StoreError if the id exists."""
+        groups = None if token.groups is None else orjson.dumps(sorted(set(token.groups))).decode()
+        await self._execute(
+            queries.INSERT_ADMIN_TOKEN,
+            (
+                token.token_id,
+                token.secret_hash,
+                token.role,
+                groups,
+                token.name,
+                token.created_at,
+                token.revoked_at,
+            ),
+        )
+
+    async def get_admin_token(self, token_id: str) -> AdminToken | None:
+        """The token, revoked or not, or None."""
+        rows = await self._fetch(queries.SELECT_ADMIN_TOKEN, (token_id,))
+        return admin_token(rows[0]) if rows else None
+
+    async def list_admin_tokens(self) -> list[AdminToken]:
+        """Every scoped admin token, oldest first."""
+        return [admin_token(r) for r in await self._fetch(queries.LIST_ADMIN_TOKENS)]
+
+    async def revoke_admin_token(self, token_id: str, now: float) -> bool:
+        """Mark the token revoked (keeping the first time); False if unknown."""
+        return await self._execute(queries.REVOKE_ADMIN_TOKEN, (now, token_id)) > 0
 
     # -- deliveries -----------------------------------------------------------------------
     async def list_deliveries(

@@ -82,6 +82,14 @@ LATEST_MAPPING_VERSION = (
 AUDIT_COLS = "id, at, actor, action, target, detail"
 INSERT_AUDIT = "INSERT INTO audit_log (at, actor, action, target, detail) VALUES (?, ?, ?, ?, ?)"
 LIST_AUDIT = f"SELECT {AUDIT_COLS} FROM audit_log WHERE id > ? ORDER BY id LIMIT ?"
+# Matches base.AdminToken (core.admin_token()).
+TOKEN_COLS = "token_id, secret_hash, role, groups, name, created_at, revoked_at"
+INSERT_ADMIN_TOKEN = f"INSERT INTO admin_tokens ({TOKEN_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
+SELECT_ADMIN_TOKEN = f"SELECT {TOKEN_COLS} FROM admin_tokens WHERE token_id = ?"
+LIST_ADMIN_TOKENS = f"SELECT {TOKEN_COLS} FROM admin_tokens ORDER BY created_at, token_id"
+REVOKE_ADMIN_TOKEN = (
+    "UPDATE admin_tokens SET revoked_at = coalesce(revoked_at, ?) WHERE token_id = ?"
+)
 
 # Followed by the optional lane conditions of core.reschedule_query().
 RESCHEDULE_LANE = (

@@ -25,3 +25,15 @@ CREATE TABLE audit_log (
     target     text NOT NULL,
     detail     text NOT NULL
 );
+
+-- Scoped admin tokens (besides GATEWAY_ADMIN_TOKEN): only a SHA-256 of the secret is kept.
+-- role is read, write or admin; groups a JSON array of group keys, NULL for every group.
+CREATE TABLE admin_tokens (
+    token_id    text COLLATE "C" PRIMARY KEY,
+    secret_hash text NOT NULL,
+    role        text NOT NULL,
+    groups      text,
+    name        text,
+    created_at  double precision NOT NULL,
+    revoked_at  double precision
+);

@@ -25,3 +25,15 @@ CREATE TABLE audit_log (
     target     TEXT NOT NULL,
     detail     TEXT NOT NULL
 );
+
+-- Scoped admin tokens (besides GATEWAY_ADMIN_TOKEN): only a SHA-256 of the secret is kept.
+-- role is read, write or admin; groups a JSON array of group keys, NULL for every group.
+CREATE TABLE admin_tokens (
+    token_id    TEXT PRIMARY KEY,
+    secret_hash TEXT NOT NULL,
+    role        TEXT NOT NULL,
+    groups      TEXT,
+    name        TEXT,
+    created_at  REAL NOT NULL,
+    revoked_at  REAL
+) WITHOUT ROWID;
