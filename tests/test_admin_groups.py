@@ -387,3 +387,22 @@ def test_admin_openapi_document_is_valid_and_covers_every_route(tmp_path: Path) 
         return re.sub(r"\{[^}]+\}", "{}", p)
 
     assert {(m, shape(p)) for m, p in routed} == {(m, shape(p)) for m, p in documented}
+
+
+async def test_every_hand_edit_picked_up_by_a_reload_is_a_version(client):
+    path = client.mappings / "shop.yaml"
+    _, g = await call(client, "GET", "/groups/shop")  # version 1: the file as found
+    path.write_text(path.read_text().replace("description: Shop", "description: Edit one"))
+    r, _ = await call(client, "POST", "/reload")
+    assert r.status == 200
+    path.write_text(path.read_text().replace("description: Edit one", "description: Edit 2"))
+    r, _ = await call(client, "POST", "/reload")
+    _, vs = await call(client, "GET", "/groups/shop/versions")
+    assert [(v["actor"], v["action"]) for v in vs["versions"]] == [("file", "file")] * 3
+    texts = []
+    for v in vs["versions"]:
+        _, one = await call(client, "GET", f"/groups/shop/versions/{v['number']}")
+        texts.append(one["content"]["description"])
+    assert texts == ["Shop", "Edit one", "Edit 2"]
+    _, au = await call(client, "GET", "/audit")
+    assert [e["actor"] for e in au["entries"] if e["action"] == "group.file"] == ["file"] * 3

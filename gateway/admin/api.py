@@ -17,7 +17,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from gateway.admin import deliveries, groups, keys, mappings, openapi, tokens
-from gateway.appkeys import ADMIN_TOKEN
+from gateway.appkeys import ADMIN_TOKEN, RELOADER
 from gateway.errors import ApiError
 
 #: Where the sub-application is mounted.
@@ -95,4 +95,6 @@ def create_admin_app(admin_token: str | None) -> web.Application:
 
 def mount(app: web.Application, admin_token: str | None) -> None:
     """Mount the admin API on ``app`` at :data:`PREFIX`."""
-    app.add_subapp(PREFIX, create_admin_app(admin_token))
+    admin = create_admin_app(admin_token)
+    app[RELOADER].listeners.append(groups.history_listener(app, admin))
+    app.add_subapp(PREFIX, admin)

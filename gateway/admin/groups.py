@@ -24,7 +24,7 @@ import base64
 import contextlib
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +36,8 @@ from gateway.appkeys import ENGINE, MAPPINGS, RELOADER, SECRET_BOX, STORE
 from gateway.auth.keys import create_key
 from gateway.errors import ApiError, json_response
 from gateway.mapping import writer
-from gateway.mapping.loader import Problem
-from gateway.store.base import MappingVersion, StoreError
+from gateway.mapping.loader import Problem, ReloadResult
+from gateway.store.base import MappingVersion, Store, StoreError
 
 #: Serialises API writes in this process (the file lock serialises processes).
 WRITE_LOCK: web.AppKey[asyncio.Lock] = web.AppKey("admin_write_lock", asyncio.Lock)
@@ -123,16 +123,55 @@ async def _write_lock(request: web.Request) -> AsyncIterator[None]:
             writer.unlock_directory(fd)
 
 
-async def _sync_history(request: web.Request, group: str, text: str | None) -> None:
-    """Record the file's current text as a new version when the history does not end with it
-    (the file was created or edited by hand)."""
-    if text is None:
-        return
-    store = request.config_dict[STORE]
+async def _record_file_version(store: Store, group: str, text: str) -> None:
+    """Record ``text`` as the group's next version (actor ``file``) unless the history ends
+    with it already: the file was created or edited by hand."""
     version = writer.version_of(text)
     latest = await store.latest_mapping_version(group)
     if latest is None or latest.version != version or latest.action == "delete":
-        await store.add_mapping_version(group, version, text, time.time(), "file", "file")
+        now = time.time()
+        await store.add_mapping_version(group, version, text, now, "file", "file")
+        await store.add_audit(
+            now, "file", "group.file", group, orjson.dumps({"version": version}).decode()
+        )
+
+
+async def _sync_history(request: web.Request, group: str, text: str | None) -> None:
+    """Record a hand edit the reload listener has not recorded yet (one made while the
+    gateway was stopped, or by another gateway process)."""
+    if text is not None:
+        await _record_file_version(request.config_dict[STORE], group, text)
+
+
+def history_listener(
+    app: web.Application, admin: web.Application
+) -> Callable[[ReloadResult, str], Awaitable[None]]:
+    """A reload listener that records every group a reload loaded from a changed file as a
+    new version, when the history does not end with it (a hand edit; the API records its
+    own writes under the same lock, so they are never recorded twice).
+
+    The start-up reload is left out: it loads every file, and with many groups that would be
+    a store read each; a file changed while the gateway was stopped is recorded when the API
+    first reads or writes its group.
+    """
+
+    async def on_reload(result: ReloadResult, reason: str) -> None:
+        if reason == "start" or not result.loaded:
+            return
+        registry, store = app[MAPPINGS], app[STORE]
+        async with admin[WRITE_LOCK]:
+            for group in result.loaded:
+                live = registry.get(group)
+                text = _read(registry.directory / f"{group}.yaml")
+                # Only the text that was loaded: a newer one is the next reload's.
+                if (
+                    live is not None
+                    and text is not None
+                    and writer.version_of(text) == live.version
+                ):
+                    await _record_file_version(store, group, text)
+
+    return on_reload
 
 
 async def _reload(request: web.Request) -> None:
