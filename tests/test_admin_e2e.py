@@ -190,3 +190,47 @@ def test_sigkill_during_writes_leaves_a_whole_file(gw: GatewayProcess) -> None:
     assert all(
         not p.name.endswith(".yaml") for p in gw.mappings.iterdir() if p.name.startswith(".")
     )
+
+
+def test_cli_onboards_updates_and_rolls_back(gw: GatewayProcess, tmp_path: Path) -> None:
+    gw.start()
+    out = tmp_path / "cli.ndjson"
+    file = tmp_path / "shop-dk.yaml"
+    file.write_text(
+        "group_key: shop-dk\n"
+        "integrations:\n"
+        "  - name: local\n"
+        "    type: file\n"
+        f"    connection: {{path: {out}}}\n"
+        "    fields: {email: epost}\n"
+    )
+    created = json.loads(gw.cli("groups", "apply", str(file), "--create-key", "--json").stdout)
+    assert created["action"] == "created"
+    key = created["access_key"]
+    send(gw, key["access_key_id"], key["secret_access_key"], "shop-dk", {"epost": "a@x.dk"})
+    assert lines(out, 1) == [{"email": "a@x.dk"}]
+    again = json.loads(gw.cli("groups", "apply", str(file), "--json").stdout)
+    assert again["action"] == "unchanged"
+    file.write_text(file.read_text().replace("{email: epost}", "{email: epost, n: n}"))
+    updated = json.loads(gw.cli("groups", "apply", str(file), "--json").stdout)
+    assert updated["action"] == "updated"
+    listed = json.loads(gw.cli("groups", "list", "--json").stdout)
+    assert {g["group_key"] for g in listed["groups"]} == {"demo", "shop-dk"}
+    versions = json.loads(gw.cli("groups", "versions", "shop-dk", "--json").stdout)
+    assert [v["number"] for v in versions["versions"]] == [1, 2]
+    rolled = json.loads(gw.cli("groups", "rollback", "shop-dk", "1", "--json").stdout)
+    assert rolled["version"] == created["version"]
+    bad = gw.cli("groups", "show", "nope", check=False)
+    assert bad.returncode == 1
+    assert "UNKNOWN_GROUP" in bad.stderr
+    made = json.loads(gw.cli("tokens", "create", "--role", "read", "--json").stdout)
+    shown = gw.cli("tokens", "list").stdout
+    assert made["token_id"] in shown
+    assert made["token"] not in shown
+    assert gw.cli("tokens", "revoke", made["token_id"]).returncode == 0
+    r = requests.get(
+        f"{gw.url}/admin/v1/groups",
+        headers={"Authorization": f"Bearer {made['token']}"},
+        timeout=10,
+    )
+    assert r.status_code == 401

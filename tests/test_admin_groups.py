@@ -391,7 +391,7 @@ def test_admin_openapi_document_is_valid_and_covers_every_route(tmp_path: Path) 
 
 async def test_every_hand_edit_picked_up_by_a_reload_is_a_version(client):
     path = client.mappings / "shop.yaml"
-    _, g = await call(client, "GET", "/groups/shop")  # version 1: the file as found
+    _, _g = await call(client, "GET", "/groups/shop")  # version 1: the file as found
     path.write_text(path.read_text().replace("description: Shop", "description: Edit one"))
     r, _ = await call(client, "POST", "/reload")
     assert r.status == 200

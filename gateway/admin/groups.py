@@ -207,6 +207,9 @@ async def _write(
         if problems:
             raise _problems_error(problems, f"the new mapping of group {group!r} is invalid")
         await _sync_history(request, group, current)
+        if text == current:
+            # Nothing changes: no write, no new version (a repeated PUT is idempotent).
+            return writer.version_of(text)
         await asyncio.to_thread(writer.atomic_write, path, text)
         version = writer.version_of(text)
         await store.add_mapping_version(
