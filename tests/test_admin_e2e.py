@@ -234,3 +234,82 @@ def test_cli_onboards_updates_and_rolls_back(gw: GatewayProcess, tmp_path: Path)
         timeout=10,
     )
     assert r.status_code == 401
+
+
+def test_records_sent_throughout_changes_match_the_version_that_mapped_them(
+    gw: GatewayProcess, tmp_path: Path
+) -> None:
+    gw.start()
+    out = tmp_path / "flow.ndjson"
+    r, g = admin(
+        gw,
+        "POST",
+        "/groups",
+        {
+            "group_key": "flow",
+            "integrations": [
+                {
+                    "name": "local",
+                    "type": "file",
+                    "connection": {"path": str(out)},
+                    "fields": {"email": "epost"},
+                }
+            ],
+            "create_key": True,
+        },
+    )
+    assert r.status_code == 201, g
+    key, secret = g["access_key"]["access_key_id"], g["access_key"]["secret_access_key"]
+    sent: dict[str, str] = {}  # record id -> email
+    stop = threading.Event()
+    failures: list[str] = []
+
+    def producer() -> None:
+        i = 0
+        while not stop.is_set():
+            email = f"u{i}@example.com"
+            try:
+                sent[send(gw, key, secret, "flow", {"epost": email, "namn": f"N{i} X"})] = email
+            except AssertionError as exc:
+                failures.append(str(exc))
+            i += 1
+
+    t = threading.Thread(target=producer)
+    t.start()
+    try:
+        time.sleep(0.5)
+        r, upd = admin(
+            gw,
+            "PATCH",
+            "/groups/flow/integrations/local",
+            {"fields": {"name": {"path": "namn", "transform": ["first_word"]}}},
+            **{"If-Match": g["version"]},
+        )
+        assert r.status_code == 200, upd
+        time.sleep(0.5)
+        r, rb = admin(
+            gw, "POST", "/groups/flow/rollback", {"version": 1}, **{"If-Match": upd["version"]}
+        )
+        assert r.status_code == 200, rb
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        t.join(timeout=30)
+    assert not failures, failures[:3]
+    assert len(sent) > 10
+    delivered = {d["email"]: d for d in lines(out, len(sent), within=30)}
+    assert set(delivered) == set(sent.values())
+    auth = AWS4Auth(key, secret, "us-east-1", "execute-api")
+    seen = set()
+    for rid, email in sent.items():
+        rec = requests.get(f"{gw.url}/v1/records/{rid}", auth=auth, timeout=10).json()
+        [delivery] = rec["deliveries"]
+        _, one = admin(gw, "GET", f"/deliveries/{delivery['id']}")
+        version = one["attempt_history"][-1]["mapping_version"]
+        seen.add(version)
+        assert version in (g["version"], upd["version"]), one
+        # Mapped by version 2: with the name; by version 1 (before, and after the rollback):
+        # without.
+        assert ("name" in delivered[email]) == (version == upd["version"]), (email, version)
+    assert seen == {g["version"], upd["version"]}
+    assert gw.stop() == 0
