@@ -8,16 +8,23 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import orjson
 import pytest
 from openapi_core import OpenAPI
 from openapi_core.testing import MockRequest, MockResponse
+from openapi_spec_validator import validate
 
-from gateway.app import create_app
+from gateway.admin.api import create_admin_app
+from gateway.admin.openapi import admin_openapi_document
+from gateway.app import STORE, create_app
 from gateway.config import load_settings
+from gateway.ids import delivery_id, record_id
+from gateway.store.base import IngestWrite, NewRecord
 
 SPEC = OpenAPI.from_path(Path(__file__).parents[1] / "gateway" / "admin" / "openapi.json")
 TOKEN = "admin-token-for-management-tests"
@@ -365,11 +372,6 @@ async def test_bad_bodies(client):
 
 
 def test_admin_openapi_document_is_valid_and_covers_every_route(tmp_path: Path) -> None:
-    from openapi_spec_validator import validate
-
-    from gateway.admin.api import create_admin_app
-    from gateway.admin.openapi import admin_openapi_document
-
     doc = json.loads(admin_openapi_document())
     validate(doc)
     documented = {
@@ -406,3 +408,34 @@ async def test_every_hand_edit_picked_up_by_a_reload_is_a_version(client):
     assert texts == ["Shop", "Edit one", "Edit 2"]
     _, au = await call(client, "GET", "/audit")
     assert [e["actor"] for e in au["entries"] if e["action"] == "group.file"] == ["file"] * 3
+
+
+async def _pending(client, group: str, integration: str) -> None:
+    rec = NewRecord(
+        record_id(),
+        group,
+        "AKTEST",
+        orjson.dumps({"epost": "p@example.com"}),
+        time.time(),
+        [integration],
+        [delivery_id()],
+    )
+    assert (await client.app[STORE].commit_ingest(IngestWrite([rec]))).committed
+
+
+async def test_delete_with_pending_deliveries_needs_a_decision(client):
+    await _pending(client, "shop", "local")
+    _, g = await call(client, "GET", "/groups/shop")
+    r, data = await call(client, "DELETE", "/groups/shop", **{"If-Match": g["version"]})
+    assert r.status == 409
+    assert envelope(data, "PENDING_DELIVERIES")["pending"] == 1
+    assert (client.mappings / "shop.yaml").exists()
+    r, _ = await call(client, "DELETE", "/groups/shop?pending=keep", **{"If-Match": g["version"]})
+    assert r.status == 204
+    assert not (client.mappings / "shop.yaml").exists()
+    # keep: the lane is paused, so the deliveries wait for the group to come back.
+    assert ("shop", "local") in await client.app[STORE].paused_lanes()
+    _, au = await call(client, "GET", "/audit")
+    deleted = [e for e in au["entries"] if e["action"] == "group.delete"]
+    assert deleted[0]["detail"]["pending"] == 1
+    assert deleted[0]["detail"]["pending_action"] == "keep"
