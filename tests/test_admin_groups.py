@@ -439,3 +439,13 @@ async def test_delete_with_pending_deliveries_needs_a_decision(client):
     deleted = [e for e in au["entries"] if e["action"] == "group.delete"]
     assert deleted[0]["detail"]["pending"] == 1
     assert deleted[0]["detail"]["pending_action"] == "keep"
+
+
+async def test_store_unavailable_is_503_in_the_envelope(client):
+    await client.app[STORE].close()
+    r, data = await call(client, "GET", "/groups/shop/versions")
+    assert r.status == 503
+    assert r.headers["Retry-After"] == "5"
+    envelope(data, "STORE_UNAVAILABLE")
+    r, data = await call(client, "GET", "/keys")
+    assert r.status == 503

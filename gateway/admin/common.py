@@ -3,6 +3,7 @@ acting identity and the audit log."""
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -10,6 +11,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from gateway.appkeys import STORE
 from gateway.errors import ApiError
@@ -94,6 +96,29 @@ def read_limit(request: web.Request, default: int, largest: int) -> int:
             errors=[{"field": "limit", "message": f"a whole number from 1 to {largest}"}],
         )
     return int(raw)
+
+
+def store_errors(handler: Handler) -> Handler:
+    """``handler`` with the store's and the file system's failures answered ``503`` (with
+    ``Retry-After``) in the envelope instead of ``500``."""
+
+    @functools.wraps(handler)
+    async def wrapped(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except StoreError as exc:
+            raise ApiError(
+                503, "STORE_UNAVAILABLE", f"store unavailable: {exc}", headers={"Retry-After": "5"}
+            ) from None
+        except OSError as exc:
+            raise ApiError(
+                503,
+                "MAPPINGS_UNWRITABLE",
+                f"cannot write the mappings directory: {exc.strerror or exc}",
+                headers={"Retry-After": "5"},
+            ) from None
+
+    return wrapped
 
 
 async def audit(request: web.Request, action: str, target: str, detail: dict[str, Any]) -> None:

@@ -31,7 +31,15 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from gateway.admin.common import actor_of, audit, iso, parse_body, principal, read_limit
+from gateway.admin.common import (
+    actor_of,
+    audit,
+    iso,
+    parse_body,
+    principal,
+    read_limit,
+    store_errors,
+)
 from gateway.appkeys import ENGINE, MAPPINGS, RELOADER, SECRET_BOX, STORE
 from gateway.auth.keys import create_key
 from gateway.errors import ApiError, json_response
@@ -817,19 +825,19 @@ def add_routes(app: web.Application) -> None:
     """Register the group, integration, version and audit routes on the admin sub-app."""
     app[WRITE_LOCK] = asyncio.Lock()
     r = app.router
-    r.add_get("/groups", list_groups)
-    r.add_post("/groups", create_group)
-    r.add_get("/groups/{group}", get_group, name="group")
-    r.add_put("/groups/{group}", replace_group)
-    r.add_delete("/groups/{group}", delete_group)
-    r.add_post("/groups/{group}/clone", clone_group)
-    r.add_get("/groups/{group}/versions", list_versions)
-    r.add_get("/groups/{group}/versions/{number}", get_version)
-    r.add_post("/groups/{group}/rollback", rollback_group)
-    r.add_get("/groups/{group}/integrations", list_integrations)
-    r.add_post("/groups/{group}/integrations", add_integration)
-    r.add_get("/groups/{group}/integrations/{name}", get_integration)
-    r.add_put("/groups/{group}/integrations/{name}", replace_integration)
-    r.add_patch("/groups/{group}/integrations/{name}", patch_integration)
-    r.add_delete("/groups/{group}/integrations/{name}", delete_integration)
-    r.add_get("/audit", list_audit)
+    r.add_get("/groups", store_errors(list_groups))
+    r.add_post("/groups", store_errors(create_group))
+    r.add_get("/groups/{group}", store_errors(get_group), name="group")
+    r.add_put("/groups/{group}", store_errors(replace_group))
+    r.add_delete("/groups/{group}", store_errors(delete_group))
+    r.add_post("/groups/{group}/clone", store_errors(clone_group))
+    r.add_get("/groups/{group}/versions", store_errors(list_versions))
+    r.add_get("/groups/{group}/versions/{number}", store_errors(get_version))
+    r.add_post("/groups/{group}/rollback", store_errors(rollback_group))
+    r.add_get("/groups/{group}/integrations", store_errors(list_integrations))
+    r.add_post("/groups/{group}/integrations", store_errors(add_integration))
+    r.add_get("/groups/{group}/integrations/{name}", store_errors(get_integration))
+    r.add_put("/groups/{group}/integrations/{name}", store_errors(replace_integration))
+    r.add_patch("/groups/{group}/integrations/{name}", store_errors(patch_integration))
+    r.add_delete("/groups/{group}/integrations/{name}", store_errors(delete_integration))
+    r.add_get("/audit", store_errors(list_audit))

@@ -9,7 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.admin.common import audit, iso, parse_body, principal
+from gateway.admin.common import audit, iso, parse_body, principal, store_errors
 from gateway.appkeys import MAPPINGS, SECRET_BOX, STORE
 from gateway.auth.keys import CreatedKey, create_key
 from gateway.errors import ApiError, json_response
@@ -211,7 +211,7 @@ async def rotate(request: web.Request) -> web.Response:
 
 def add_routes(app: web.Application) -> None:
     """Register the key routes on the admin sub-application."""
-    app.router.add_get("/keys", list_keys)
-    app.router.add_post("/keys", create)
-    app.router.add_delete("/keys/{key_id}", revoke)
-    app.router.add_post("/keys/{key_id}/rotate", rotate)
+    app.router.add_get("/keys", store_errors(list_keys))
+    app.router.add_post("/keys", store_errors(create))
+    app.router.add_delete("/keys/{key_id}", store_errors(revoke))
+    app.router.add_post("/keys/{key_id}/rotate", store_errors(rotate))

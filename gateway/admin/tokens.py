@@ -21,7 +21,16 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.admin.common import FULL, PRINCIPAL, Principal, audit, iso, parse_body, principal
+from gateway.admin.common import (
+    FULL,
+    PRINCIPAL,
+    Principal,
+    audit,
+    iso,
+    parse_body,
+    principal,
+    store_errors,
+)
 from gateway.appkeys import STORE
 from gateway.errors import ApiError, json_response
 from gateway.mapping.writer import GROUP_KEY_RE
@@ -145,6 +154,6 @@ async def revoke_token(request: web.Request) -> web.Response:
 
 def add_routes(app: web.Application) -> None:
     """Register the token routes on the admin sub-application."""
-    app.router.add_get("/tokens", list_tokens)
-    app.router.add_post("/tokens", create_token)
-    app.router.add_delete("/tokens/{token_id}", revoke_token)
+    app.router.add_get("/tokens", store_errors(list_tokens))
+    app.router.add_post("/tokens", store_errors(create_token))
+    app.router.add_delete("/tokens/{token_id}", store_errors(revoke_token))

@@ -69,7 +69,8 @@ def render(data: Mapping[str, Any], previous: str | None = None) -> str:
     y = _yaml()
     doc: Any = None
     if previous is not None:
-        with contextlib.suppress(YAMLError):
+        # A file ruamel cannot read (PyYAML may be more lenient) is written afresh.
+        with contextlib.suppress(Exception):
             doc = y.load(previous)
     doc = _merge(doc if isinstance(doc, CommentedMap) else CommentedMap(), data)
     out = io.StringIO()
