@@ -313,3 +313,14 @@ def test_records_sent_throughout_changes_match_the_version_that_mapped_them(
         assert ("name" in delivered[email]) == (version == upd["version"]), (email, version)
     assert seen == {g["version"], upd["version"]}
     assert gw.stop() == 0
+
+
+def test_keys_list_shows_a_rotated_key_as_expiring(gw: GatewayProcess) -> None:
+    gw.start()
+    key, _ = gw.create_key("demo")
+    r, rot = admin(gw, "POST", f"/keys/{key}/rotate", {})
+    assert r.status_code == 201, rot
+    listed = {k["access_key_id"]: k for k in json.loads(gw.cli("keys", "list", "--json").stdout)}
+    assert listed[key]["state"] == "expiring"
+    assert listed[rot["access_key_id"]]["state"] == "active"
+    assert "expiring" in gw.cli("keys", "list").stdout
