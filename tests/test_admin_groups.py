@@ -449,3 +449,30 @@ async def test_store_unavailable_is_503_in_the_envelope(client):
     envelope(data, "STORE_UNAVAILABLE")
     r, data = await call(client, "GET", "/keys")
     assert r.status == 503
+
+
+async def test_hand_edits_and_api_writes_interleaved_lose_nothing(client):
+    path = client.mappings / "shop.yaml"
+    for i in range(3):
+        # By hand: a comment and a change.
+        path.write_text(
+            path.read_text().replace("integrations:\n", f"# hand note {i}\nintegrations:\n", 1)
+        )
+        _, g = await call(client, "GET", "/groups/shop")
+        # Through the API, from what it just read: another change.
+        r, data = await call(
+            client,
+            "PATCH",
+            "/groups/shop/integrations/local",
+            {"options": {"batch_size": 10 + i}},
+            **{"If-Match": g["version"]},
+        )
+        assert r.status == 200, data
+    text = path.read_text()
+    for i in range(3):
+        assert f"# hand note {i}" in text
+    assert "# the NDJSON file" in text
+    _, g = await call(client, "GET", "/groups/shop")
+    assert g["content"]["integrations"][0]["options"] == {"batch_size": 12}
+    _, vs = await call(client, "GET", "/groups/shop/versions")
+    assert [v["actor"] for v in vs["versions"]] == ["file", "admin"] * 3

@@ -44,7 +44,7 @@ from gateway.appkeys import ENGINE, MAPPINGS, RELOADER, SECRET_BOX, STORE
 from gateway.auth.keys import create_key
 from gateway.errors import ApiError, json_response
 from gateway.mapping import writer
-from gateway.mapping.loader import Problem, ReloadResult
+from gateway.mapping.loader import MappingRegistry, Problem, ReloadResult
 from gateway.store.base import MappingVersion, Store, StoreError
 
 #: Serialises API writes in this process (the file lock serialises processes).
@@ -167,19 +167,25 @@ def history_listener(
         if reason == "start" or not result.loaded:
             return
         registry, store = app[MAPPINGS], app[STORE]
+        # Both locks, as a write holds them: so a write by this or another gateway process
+        # sharing the directory (whose watchers also see it) is recorded once, as its own.
         async with admin[WRITE_LOCK]:
-            for group in result.loaded:
-                live = registry.get(group)
-                text = _read(registry.directory / f"{group}.yaml")
-                # Only the text that was loaded: a newer one is the next reload's.
-                if (
-                    live is not None
-                    and text is not None
-                    and writer.version_of(text) == live.version
-                ):
-                    await _record_file_version(store, group, text)
+            fd = await asyncio.to_thread(writer.lock_directory, registry.directory)
+            try:
+                await _record_loaded(registry, store, result.loaded)
+            finally:
+                writer.unlock_directory(fd)
 
     return on_reload
+
+
+async def _record_loaded(registry: MappingRegistry, store: Store, groups: list[str]) -> None:
+    for group in groups:
+        live = registry.get(group)
+        text = _read(registry.directory / f"{group}.yaml")
+        # Only the text that was loaded: a newer one is the next reload's.
+        if live is not None and text is not None and writer.version_of(text) == live.version:
+            await _record_file_version(store, group, text)
 
 
 async def _reload(request: web.Request) -> None:
