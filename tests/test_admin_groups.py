@@ -476,3 +476,32 @@ async def test_hand_edits_and_api_writes_interleaved_lose_nothing(client):
     assert g["content"]["integrations"][0]["options"] == {"batch_size": 12}
     _, vs = await call(client, "GET", "/groups/shop/versions")
     assert [v["actor"] for v in vs["versions"]] == ["file", "admin"] * 3
+
+
+async def test_yaml_only_values_survive_api_writes_and_answer_as_json(client):
+    path = client.mappings / "shop.yaml"
+    path.write_text(
+        path.read_text().replace(
+            "      email: epost  # the producer's name\n",
+            "      email: epost  # the producer's name\n"
+            "      size: {path: code, transform: {lookup: {table: {1: small, 2: large}}}}\n",
+        )
+        + "# a trailing note\n"
+    )
+    r, g = await call(client, "GET", "/groups/shop")
+    assert r.status == 200, g
+    table = g["content"]["integrations"][0]["fields"]["size"]["transform"]["lookup"]["table"]
+    assert table == {"1": "small", "2": "large"}  # JSON keys are strings
+    r, data = await call(
+        client,
+        "PATCH",
+        "/groups/shop/integrations/local",
+        {"enabled": False},
+        **{"If-Match": g["version"]},
+    )
+    assert r.status == 200, data
+    text = path.read_text()
+    # The integer keys are written back as they were, not as strings.
+    assert "{1: small, 2: large}" in text
+    assert "# a trailing note" in text
+    assert "enabled: false" in text

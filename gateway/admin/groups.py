@@ -541,7 +541,7 @@ async def clone_group(request: web.Request) -> web.Response:
             "group_key: not a valid group key",
             errors=[{"field": "group_key", "message": "not a valid group key"}],
         )
-    content = writer.parse(text)
+    content = writer.parse(text, raw=True)
     if not isinstance(content, dict):
         raise ApiError(
             422, "INVALID_MAPPING", f"group {group!r}'s file is not a valid mapping to clone"
@@ -626,7 +626,7 @@ async def rollback_group(request: web.Request) -> web.Response:
 
 
 def _entries(text: str, group: str) -> tuple[dict[str, Any], list[Any]]:
-    content = writer.parse(text)
+    content = writer.parse(text, raw=True)
     if not isinstance(content, dict):
         raise ApiError(
             409,
@@ -688,7 +688,7 @@ async def list_integrations(request: web.Request) -> web.Response:
     _, entries = _entries(text, group)
     version = writer.version_of(text)
     return json_response(
-        {"group_key": group, "version": version, "integrations": entries},
+        {"group_key": group, "version": version, "integrations": writer.jsonable(entries)},
         headers=_etag(version),
     )
 
@@ -710,7 +710,7 @@ async def add_integration(request: web.Request) -> web.Response:
     entries.append(entry)
     version = await _write_entries(request, group, text, content, "integration.create", str(name))
     return json_response(
-        {"group_key": group, "version": version, "integration": entry},
+        {"group_key": group, "version": version, "integration": writer.jsonable(entry)},
         status=201,
         headers=_etag(version),
     )
@@ -726,7 +726,7 @@ async def get_integration(request: web.Request) -> web.Response:
         {
             "group_key": group,
             "version": version,
-            "integration": entries[_find(entries, name, group)],
+            "integration": writer.jsonable(entries[_find(entries, name, group)]),
         },
         headers=_etag(version),
     )
@@ -741,7 +741,8 @@ async def replace_integration(request: web.Request) -> web.Response:
     entries[_find(entries, name, group)] = entry
     version = await _write_entries(request, group, text, content, "integration.update", name)
     return json_response(
-        {"group_key": group, "version": version, "integration": entry}, headers=_etag(version)
+        {"group_key": group, "version": version, "integration": writer.jsonable(entry)},
+        headers=_etag(version),
     )
 
 
@@ -764,7 +765,7 @@ async def patch_integration(request: web.Request) -> web.Response:
     entries[i] = _merge_patch(entries[i], patch)
     version = await _write_entries(request, group, text, content, "integration.update", name)
     return json_response(
-        {"group_key": group, "version": version, "integration": entries[i]},
+        {"group_key": group, "version": version, "integration": writer.jsonable(entries[i])},
         headers=_etag(version),
     )
 

@@ -16,6 +16,7 @@ hand and tools using the API can share one directory:
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import fcntl
 import io
@@ -151,13 +152,36 @@ def check_text(
     return []
 
 
-def parse(text: str) -> Any:
-    """A file's text as plain data (the loader's safe parser); None when it is not YAML."""
+def parse(text: str, *, raw: bool = False) -> Any:
+    """A file's text as JSON-ready data (the loader's safe parser); None when it is not YAML.
+
+    ``raw``: as the loader reads it, to change and write back (a lookup table's integer
+    keys stay integers); otherwise through :func:`jsonable`, to answer with.
+    """
     try:
         data, _ = load_with_lines(text)
     except YamlError:
         return None
-    return data
+    return data if raw else jsonable(data)
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` with what YAML can hold and JSON cannot turned into strings: keys that are
+    not strings, integers beyond 64 bits, ``!!binary`` (base64), dates; a set becomes a
+    list."""
+    if isinstance(value, dict):
+        return {k if isinstance(k, str) else str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    if isinstance(value, set | frozenset):
+        return sorted(str(v) for v in value)
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode()
+    if isinstance(value, bool) or value is None or isinstance(value, float | str):
+        return value
+    if isinstance(value, int):
+        return value if -(2**63) <= value < 2**64 else str(value)
+    return str(value)  # dates and times: ISO 8601
 
 
 def _fsync_dir(directory: Path) -> None:
