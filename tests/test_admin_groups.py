@@ -45,13 +45,15 @@ integrations:
 
 
 @pytest.fixture
-async def client(aiohttp_client, tmp_path: Path):
+async def client(aiohttp_client, tmp_path: Path, store_url: str):
+    """A gateway on each store backend (SQLite, PostgreSQL): the history lives in the store."""
     mappings = tmp_path / "mappings"
     mappings.mkdir()
     (mappings / "shop.yaml").write_text(SHOP.format(out=tmp_path / "out.ndjson"))
     settings = load_settings(
         {
             "data_dir": tmp_path / "data",
+            "store": store_url,
             "mappings": mappings,
             "admin_token": TOKEN,
             "delivery": False,
