@@ -160,3 +160,17 @@ async def test_revoked_unknown_and_forged_tokens_are_refused(client) -> None:
     status, data = await call(client, TOKEN, "POST", "/tokens", {"role": "root"})
     assert status == 422
     assert data["error"]["errors"][0]["field"] == "role"
+
+
+async def test_group_limited_token_creates_only_groups_in_its_list(client) -> None:
+    token = await make(client, role="write", groups=["shop-se", "shop-dk"])
+    status, data = await call(client, token, "POST", "/groups", {"group_key": "shop-fi"})
+    assert (status, data["error"]["code"]) == (404, "UNKNOWN_GROUP")
+    status, data = await call(client, token, "POST", "/groups/shop-se/clone", {"group_key": "x"})
+    assert (status, data["error"]["code"]) == (404, "UNKNOWN_GROUP")
+    status, data = await call(
+        client, token, "POST", "/groups/shop-se/clone", {"group_key": "shop-dk"}
+    )
+    assert status == 201, data
+    status, page = await call(client, token, "GET", "/groups")
+    assert [g["group_key"] for g in page["groups"]] == ["shop-dk", "shop-se"]
