@@ -235,6 +235,11 @@ async def test_create_clone_versions_rollback_and_audit(client):
     assert [v["number"] for v in vs["versions"]] == [1, 2, 3]
     r, data = await call(client, "GET", "/groups/shop-se/versions/99")
     assert r.status == 404
+    r, data = await call(
+        client, "POST", "/groups/shop-se/rollback", {"version": 2**70}, **{"If-Match": v1}
+    )
+    assert r.status == 422
+    envelope(data, "INVALID_REQUEST")
     r, au = await call(client, "GET", "/audit")
     actions = [e["action"] for e in au["entries"]]
     assert "group.create" in actions

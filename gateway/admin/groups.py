@@ -574,7 +574,8 @@ async def list_versions(request: web.Request) -> web.Response:
 
 
 def _number(field: str, value: Any) -> int:
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+    # Bounded: a number past the store's integers is no version, not a store error.
+    if isinstance(value, int) and not isinstance(value, bool) and 0 < value < 2**31:
         return value
     if isinstance(value, str) and value.isdigit() and len(value) < 10 and int(value) > 0:
         return int(value)
