@@ -324,3 +324,43 @@ def test_keys_list_shows_a_rotated_key_as_expiring(gw: GatewayProcess) -> None:
     assert listed[key]["state"] == "expiring"
     assert listed[rot["access_key_id"]]["state"] == "active"
     assert "expiring" in gw.cli("keys", "list").stdout
+
+
+def _put_as(
+    gw: GatewayProcess, name: str, g: dict[str, Any], text: str, results: dict[str, int]
+) -> None:
+    body = {**g["content"], "description": text}
+    r, _ = admin(gw, "PUT", "/groups/demo", body, **{"If-Match": g["version"]})
+    results[name] = r.status_code
+
+
+def test_two_gateways_on_one_directory_never_lose_a_change(tmp_path: Path) -> None:
+    a = GatewayProcess(tmp_path / "a", groups=("demo",), GATEWAY_ADMIN_TOKEN=TOKEN)
+    b = GatewayProcess(
+        tmp_path / "b",
+        groups=(),
+        GATEWAY_ADMIN_TOKEN=TOKEN,
+        GATEWAY_MAPPINGS=str(a.mappings),
+    )
+    a.start()
+    b.start()
+    try:
+        for round_ in range(5):
+            # Both processes write from the same version at once: one wins, the other is told.
+            _, g = admin(a, "GET", "/groups/demo")
+            results: dict[str, int] = {}
+            threads = [
+                threading.Thread(target=_put_as, args=(gw, n, g, f"{n} {round_}", results))
+                for gw, n in ((a, "a"), (b, "b"))
+            ]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(timeout=30)
+            assert sorted(results.values()) == [200, 412], results
+            winner = next(n for n, s in results.items() if s == 200)
+            text = (a.mappings / "demo.yaml").read_text()
+            assert yaml.safe_load(text)["description"] == f"{winner} {round_}"
+    finally:
+        assert a.stop() == 0
+        assert b.stop() == 0
