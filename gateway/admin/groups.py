@@ -14,7 +14,8 @@ The files in the mappings directory stay the source of truth. Every write here:
    store, and reloads the mappings so the change is live when the answer comes.
 
 A version is the SHA-256 prefix of the file's bytes, the same one deliveries record. A hand
-edit is recorded (actor ``file``) the next time the API reads or writes the group.
+edit is recorded (actor ``file``) when a reload picks it up (:func:`history_listener`), or, if
+it was made while the gateway was stopped, when the API next reads or writes the group.
 """
 
 from __future__ import annotations
