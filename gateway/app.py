@@ -26,7 +26,16 @@ from aiohttp.web_runner import GracefulExit
 
 from gateway import logs
 from gateway.admin import api as admin
-from gateway.appkeys import ENGINE, INGEST, MAPPINGS, METRICS, RELOADER, SETTINGS, STORE
+from gateway.appkeys import (
+    ENGINE,
+    INGEST,
+    MAPPINGS,
+    METRICS,
+    RELOADER,
+    SECRET_BOX,
+    SETTINGS,
+    STORE,
+)
 from gateway.auth.keys import KeyRing, SecretBox, load_master_key
 from gateway.auth.sigv4 import SigV4Verifier
 from gateway.config import Settings
@@ -196,6 +205,7 @@ def create_app(settings: Settings, store: Store | None = None) -> web.Applicatio
     app[STORE] = the_store
     app[MAPPINGS] = mappings
     app[RELOADER] = MappingReloader(mappings)
+    app[SECRET_BOX] = SecretBox(master)
     metrics = Metrics(the_store, mappings)
     app[METRICS] = metrics
     engine = DeliveryEngine(
@@ -212,7 +222,7 @@ def create_app(settings: Settings, store: Store | None = None) -> web.Applicatio
     app[ENGINE] = engine
     app[INGEST] = api.Ingest(
         store=the_store,
-        keys=KeyRing(the_store, SecretBox(master), ttl=settings.key_cache_ttl),
+        keys=KeyRing(the_store, app[SECRET_BOX], ttl=settings.key_cache_ttl),
         verifier=SigV4Verifier(settings.region, settings.service, clock_skew=settings.clock_skew),
         limiter=KeyedLimiter(settings.rate_limit, settings.rate_burst),
         mappings=mappings,

@@ -8,8 +8,8 @@ for the operation, the content type is the documented one, and the body validate
 documented schema. Examples are bounded and derandomized (Hypothesis's seed is derived from the
 test), so CI runs the same cases each time in a few seconds.
 
-The admin API (``/admin/v1``) has no OpenAPI document yet; when it gets one it joins here with
-a bearer token instead of the signer.
+The admin API (``/admin/v1``) is fuzzed from its own document in
+tests/test_admin_schemathesis.py, with a bearer token instead of the signer.
 """
 
 from __future__ import annotations
