@@ -32,13 +32,13 @@ from gateway.auth.sigv4 import SigV4Verifier
 from gateway.config import Settings
 from gateway.delivery.engine import DeliveryEngine, EngineSettings
 from gateway.errors import ApiError, json_response
-from gateway.ingest import api, protocol
+from gateway.ingest import api, protocol, webhooks
 from gateway.ingest.body import BodyBudget
 from gateway.ingest.ratelimit import KeyedLimiter
 from gateway.ingest.validate import Limits
 from gateway.integrations import destinations
 from gateway.mapping.loader import MappingRegistry
-from gateway.mapping.watch import MappingReloader
+from gateway.mapping.webhook_sources import SourceRegistry, SourceReloader
 from gateway.metrics import Metrics, calls_both, metrics_handler
 from gateway.store import open_store
 from gateway.store.base import Store, StoreError, StoreUnavailable
@@ -195,7 +195,9 @@ def create_app(settings: Settings, store: Store | None = None) -> web.Applicatio
     app[SETTINGS] = settings
     app[STORE] = the_store
     app[MAPPINGS] = mappings
-    app[RELOADER] = MappingReloader(mappings)
+    sources = SourceRegistry(mappings)  # webhook sources: <mappings>/sources/*.yaml
+    app[RELOADER] = SourceReloader(mappings, sources)
+    webhooks.add_routes(app, sources)
     metrics = Metrics(the_store, mappings)
     app[METRICS] = metrics
     engine = DeliveryEngine(
