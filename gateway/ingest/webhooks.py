@@ -292,8 +292,12 @@ def _record_data(
         )
     data, problems = flatten(obj, limits)
     for name, value in ((EVENT_TYPE, event_type), (EVENT_ID, event_id)):
-        if name in data:
-            problems.add(f"data.{name}", "the gateway sets this attribute; the event has it too")
+        # The event may carry the same fact under the same name (data: "" flattens the whole
+        # event, its id among it): fine when it agrees, refused rather than overwritten if not.
+        if name in data and str(data[name]) != value:
+            problems.add(
+                f"data.{name}", "the gateway sets this attribute; the event has another value"
+            )
         data[name] = value
     validate_data(data, limits, errors=problems)
     if problems.total:
