@@ -50,7 +50,7 @@ SOURCES: web.AppKey[SourceRegistry] = web.AppKey("webhook_sources", SourceRegist
 
 #: Seconds a webhook's timestamp may be away from the gateway's clock (Standard Webhooks).
 TOLERANCE = 300.0
-#: Objects nested deeper than this below the flattened object are kept as JSON text.
+#: Parts a flattened name has at most; an object found at that depth is kept as JSON text.
 MAX_DEPTH = 8
 #: Attribute names the gateway adds to every webhook record.
 EVENT_TYPE = "event_type"
@@ -209,9 +209,9 @@ def _timestamp(value: Any) -> float | None:
 
 def flatten(obj: dict[str, Any], limits: Limits) -> tuple[dict[str, Any], Problems]:
     """The event's object as a flat record: nested names joined with ``.``; scalars and lists
-    of scalars as they are; lists holding an object or a list, and objects nested deeper than
-    :data:`MAX_DEPTH`, as their JSON text; empty objects add nothing. Two parts flattening to
-    one name are a problem (nothing is silently overwritten)."""
+    of scalars as they are; lists holding an object or a list, and objects whose name already
+    has :data:`MAX_DEPTH` parts, as their JSON text; empty objects add nothing. Two parts
+    flattening to one name are a problem (nothing is silently overwritten)."""
     out: dict[str, Any] = {}
     problems = Problems()
 
@@ -225,7 +225,7 @@ def flatten(obj: dict[str, Any], limits: Limits) -> tuple[dict[str, Any], Proble
         for key, value in node.items():
             name = f"{prefix}.{key}" if prefix else key
             if isinstance(value, dict):
-                if depth >= MAX_DEPTH:
+                if depth + 1 >= MAX_DEPTH:  # the name has MAX_DEPTH parts already
                     put(name, orjson.dumps(value).decode())
                 else:
                     walk(value, name, depth + 1)
