@@ -152,7 +152,7 @@ async def readyz(request: web.Request) -> web.Response:
         checks["mappings"] = {"status": "failing", "detail": detail}
     else:
         checks["mappings"] = {"status": "ok", "detail": f"{len(mappings)} groups"}
-        problems = mappings.all_problems()
+        problems = mappings.all_problems() + request.app[webhooks.SOURCES].all_problems()
         if problems:
             # A bad file leaves its previous version live: ready, but the operator must see it.
             checks["mappings"]["errors"] = [str(p) for p in problems]

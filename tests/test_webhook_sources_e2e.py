@@ -257,6 +257,25 @@ def test_hmac_header_variant(env: type[Env]) -> None:
     assert records(Env.gw) == n
 
 
+def test_hmac_variant_refuses_a_stale_event_time(env: type[Env]) -> None:
+    n = records(Env.gw)
+    for created in (
+        (datetime.now(UTC) - timedelta(minutes=6)).isoformat(),
+        time.time() + 400,
+    ):
+        body = json.dumps(
+            {"event": "order.paid", "event_id": str(uuid.uuid4()), "created_at": created}
+        ).encode()
+        mac = hmac.new(HMAC_SECRET.encode(), body, hashlib.sha256).hexdigest()
+        headers = {"Content-Type": "application/json", "X-Shop-Signature": f"sha256={mac}"}
+        assert_refused(post("shop", body, headers), 401, "WEBHOOK_TIMESTAMP_EXPIRED")
+    body = json.dumps({"event": "order.paid", "event_id": "x", "created_at": "yesterday"}).encode()
+    mac = hmac.new(HMAC_SECRET.encode(), body, hashlib.sha256).hexdigest()
+    headers = {"Content-Type": "application/json", "X-Shop-Signature": f"sha256={mac}"}
+    assert_refused(post("shop", body, headers), 400, "MISSING_EVENT_TIMESTAMP")
+    assert records(Env.gw) == n
+
+
 def test_bearer_variant(env: type[Env]) -> None:
     body = json.dumps(
         {"id": "ev-1", "type": "lead.created", "lead": {"email": "p@example.com", "score": 7}}
@@ -372,6 +391,14 @@ def test_replayed_event_id_is_never_stored_twice(env: type[Env]) -> None:
     assert records(Env.gw) == n
     time.sleep(1.0)  # a second delivery would have arrived by now
     assert len(Env.hubspot.bodies) == before
+    # The event id is remembered in the store: a restarted gateway still knows it.
+    Env.gw.stop()
+    Env.gw.start()
+    later = post("automatum", body, signed(body, msg_id))
+    assert later.status_code == 202, later.text
+    assert later.headers["Idempotent-Replayed"] == "true"
+    assert later.json()["id"] == first.json()["id"]
+    assert records(Env.gw) == n
 
 
 # -- source files ----------------------------------------------------------------------------
@@ -400,6 +427,10 @@ def test_source_files_reload_while_serving(env: type[Env]) -> None:
     while "webhook_source_invalid" not in gw.output() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert f"{path}:3: verify.scheme: unknown scheme" in gw.output()
+    ready = requests.get(gw.url + "/readyz", timeout=10).json()
+    assert any(
+        e.startswith(f"{path}:3: verify.scheme") for e in ready["checks"]["mappings"]["errors"]
+    )
     headers["Authorization"] = f"Bearer {BEARER}"
     body = body.replace("l1", "l2")
     assert post("late", body.encode(), headers).status_code == 202
