@@ -355,7 +355,10 @@ class SourceRegistry:
             result.failed[str(self.directory)] = [problem]
             result.seconds = time.perf_counter() - started
             return result
-        self.problems.pop(str(self.directory), None)
+        # Built aside and swapped in, like the live set: /readyz reads it from the event loop
+        # while this runs in a thread.
+        problems_now = dict(self.problems)
+        problems_now.pop(str(self.directory), None)
         live = dict(self._live)
         for name in sorted(entries):
             entry = entries[name]
@@ -364,7 +367,7 @@ class SourceRegistry:
             except OSError:
                 continue
             stamp = (st.st_mtime_ns, st.st_size)
-            if self._stamps.get(name) == stamp and entry.path not in self.problems:
+            if self._stamps.get(name) == stamp and entry.path not in problems_now:
                 continue
             self._stamps[name] = stamp
             source, problems = load_source(Path(entry.path), self._environ)
@@ -383,20 +386,21 @@ class SourceRegistry:
                 # Failed files are tried again on every reload (a source may wait for its
                 # group's file or a secret to appear) but reported only when their problems
                 # changed, so a poll does not repeat the same warning.
-                if self.problems.get(entry.path) != problems:
+                if problems_now.get(entry.path) != problems:
                     result.failed[entry.path] = problems
-                self.problems[entry.path] = problems
+                problems_now[entry.path] = problems
                 continue
-            self.problems.pop(entry.path, None)
+            problems_now.pop(entry.path, None)
             live[source.name] = source
             result.loaded.append(source.name)
         for name in list(self._stamps):
             if name not in entries:
                 del self._stamps[name]
-                self.problems.pop(str(self.directory / name), None)
+                problems_now.pop(str(self.directory / name), None)
                 if live.pop(name[: -len(".yaml")], None) is not None:
                     result.removed.append(name[: -len(".yaml")])
         self._live = live  # one assignment: readers see the old set or the new one
+        self.problems = problems_now
         result.seconds = time.perf_counter() - started
         return result
 
