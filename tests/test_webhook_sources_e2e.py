@@ -436,3 +436,19 @@ def test_source_files_reload_while_serving(env: type[Env]) -> None:
     assert post("late", body.encode(), headers).status_code == 202
     path.unlink()
     assert_refused(until(404), 404, "UNKNOWN_SOURCE")
+
+
+def test_concurrent_deliveries_of_one_event_store_one_record(env: type[Env]) -> None:
+    # Senders retry on timeouts, so the same event can arrive on several connections at once:
+    # the event id's entry commits in the record's transaction, so exactly one is stored.
+    from concurrent.futures import ThreadPoolExecutor
+
+    body = event("entitlement.updated")
+    msg_id = "msg_" + uuid.uuid4().hex
+    n = records(Env.gw)
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda _: post("automatum", body, signed(body, msg_id)), range(8)))
+    assert [a.status_code for a in answers] == [202] * 8, [a.text for a in answers]
+    assert len({a.json()["id"] for a in answers}) == 1
+    assert sum(1 for a in answers if "Idempotent-Replayed" not in a.headers) == 1
+    assert records(Env.gw) == n + 1
