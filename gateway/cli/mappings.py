@@ -16,8 +16,8 @@ if TYPE_CHECKING:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    """Validate every mapping file; list every problem; exit 1 if there is any, 2 if the
-    directory cannot be read."""
+    """Validate every mapping file and webhook source file (sources/*.yaml); list every
+    problem; exit 1 if there is any, 2 if the directory cannot be read."""
     from gateway.mapping.loader import MappingRegistry  # here: other commands start faster
     from gateway.mapping.webhook_sources import SourceRegistry
 
