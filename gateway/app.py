@@ -41,13 +41,13 @@ from gateway.auth.sigv4 import SigV4Verifier
 from gateway.config import Settings
 from gateway.delivery.engine import DeliveryEngine, EngineSettings
 from gateway.errors import ApiError, json_response
-from gateway.ingest import api, protocol
+from gateway.ingest import api, protocol, webhooks
 from gateway.ingest.body import BodyBudget
 from gateway.ingest.ratelimit import KeyedLimiter
 from gateway.ingest.validate import Limits
 from gateway.integrations import destinations
 from gateway.mapping.loader import MappingRegistry
-from gateway.mapping.watch import MappingReloader
+from gateway.mapping.webhook_sources import SourceRegistry, SourceReloader
 from gateway.metrics import Metrics, calls_both, metrics_handler
 from gateway.store import open_store
 from gateway.store.base import Store, StoreError, StoreUnavailable
@@ -161,7 +161,7 @@ async def readyz(request: web.Request) -> web.Response:
         checks["mappings"] = {"status": "failing", "detail": detail}
     else:
         checks["mappings"] = {"status": "ok", "detail": f"{len(mappings)} groups"}
-        problems = mappings.all_problems()
+        problems = mappings.all_problems() + request.app[webhooks.SOURCES].all_problems()
         if problems:
             # A bad file leaves its previous version live: ready, but the operator must see it.
             checks["mappings"]["errors"] = [str(p) for p in problems]
@@ -204,8 +204,10 @@ def create_app(settings: Settings, store: Store | None = None) -> web.Applicatio
     app[SETTINGS] = settings
     app[STORE] = the_store
     app[MAPPINGS] = mappings
-    app[RELOADER] = MappingReloader(mappings)
+    sources = SourceRegistry(mappings)  # webhook sources: <mappings>/sources/*.yaml
+    app[RELOADER] = SourceReloader(mappings, sources)
     app[SECRET_BOX] = SecretBox(master)
+    webhooks.add_routes(app, sources)
     metrics = Metrics(the_store, mappings)
     app[METRICS] = metrics
     engine = DeliveryEngine(

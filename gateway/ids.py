@@ -1,4 +1,4 @@
-"""Identifiers: time-ordered record and delivery ids.
+"""Identifiers: time-ordered record and delivery ids, and the shape of a group key.
 
 An id is 48 bits of milliseconds since the epoch and 80 random bits, as 32 hexadecimal digits:
 ids sort by creation time, so primary-key inserts append and ids serve as pagination cursors.
@@ -7,7 +7,11 @@ ids sort by creation time, so primary-key inserts append and ids serve as pagina
 from __future__ import annotations
 
 import random
+import re
 import time
+
+#: A group key: what producers send, mapping files are named after and admin URLs carry.
+GROUP_KEY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 
 def time_id(now_ms: int | None = None) -> str:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from aiohttp import web
 from openapi_spec_validator import validate
 
 from gateway.app import openapi_document
-from gateway.ingest import api
+from gateway.ingest import api, webhooks
+from gateway.mapping.loader import MappingRegistry
+from gateway.mapping.webhook_sources import SourceRegistry
 
 
 def test_document_is_valid_openapi_31() -> None:
@@ -20,6 +23,7 @@ def test_document_is_valid_openapi_31() -> None:
 def test_every_route_is_documented_with_its_method() -> None:
     app = web.Application()
     api.add_routes(app)
+    webhooks.add_routes(app, SourceRegistry(MappingRegistry(Path("mappings"))))
     routes = {
         (r.method.lower(), r.resource.canonical)
         for r in app.router.routes()

@@ -44,6 +44,7 @@ from gateway.admin.common import (
 from gateway.appkeys import ENGINE, MAPPINGS, RELOADER, SECRET_BOX, STORE
 from gateway.auth.keys import create_key
 from gateway.errors import ApiError, json_response
+from gateway.ids import GROUP_KEY_RE
 from gateway.mapping import writer
 from gateway.mapping.loader import MappingRegistry, Problem, ReloadResult
 from gateway.store.base import MappingVersion, Store, StoreError
@@ -65,7 +66,7 @@ def _directory(request: web.Request) -> Path:
 def _path(request: web.Request, group: str) -> Path:
     """The group's file; 404 for a name that cannot be a group (never a path outside)."""
     # A group outside a scoped token's groups is answered exactly like a missing one.
-    if not writer.GROUP_KEY_RE.fullmatch(group) or not principal(request).sees(group):
+    if not GROUP_KEY_RE.fullmatch(group) or not principal(request).sees(group):
         raise _no_group(group)
     return _directory(request) / f"{group}.yaml"
 
@@ -450,7 +451,7 @@ async def create_group(request: web.Request) -> web.Response:
     group = body.get("group_key")
     if group is None:
         group = body["group_key"] = _new_group_key()
-    if not isinstance(group, str) or not writer.GROUP_KEY_RE.fullmatch(group):
+    if not isinstance(group, str) or not GROUP_KEY_RE.fullmatch(group):
         raise ApiError(
             422,
             "INVALID_MAPPING",
@@ -535,7 +536,7 @@ async def clone_group(request: web.Request) -> web.Response:
     new = body.get("group_key", None)
     if new is None:
         new = _new_group_key()
-    if not isinstance(new, str) or not writer.GROUP_KEY_RE.fullmatch(new):
+    if not isinstance(new, str) or not GROUP_KEY_RE.fullmatch(new):
         raise ApiError(
             422,
             "INVALID_MAPPING",

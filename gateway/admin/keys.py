@@ -13,7 +13,7 @@ from gateway.admin.common import audit, iso, parse_body, principal, store_errors
 from gateway.appkeys import MAPPINGS, SECRET_BOX, STORE
 from gateway.auth.keys import CreatedKey, create_key
 from gateway.errors import ApiError, json_response
-from gateway.mapping.writer import GROUP_KEY_RE
+from gateway.ids import GROUP_KEY_RE
 from gateway.store.base import AccessKey
 
 #: How long a rotated key stays valid when the request does not say.

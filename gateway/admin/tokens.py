@@ -33,7 +33,7 @@ from gateway.admin.common import (
 )
 from gateway.appkeys import STORE
 from gateway.errors import ApiError, json_response
-from gateway.mapping.writer import GROUP_KEY_RE
+from gateway.ids import GROUP_KEY_RE
 from gateway.store.base import AdminToken
 
 ROLES = ("read", "write", "admin")

@@ -16,9 +16,10 @@ if TYPE_CHECKING:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    """Validate every mapping file; list every problem; exit 1 if there is any, 2 if the
-    directory cannot be read."""
+    """Validate every mapping file and webhook source file (sources/*.yaml); list every
+    problem; exit 1 if there is any, 2 if the directory cannot be read."""
     from gateway.mapping.loader import MappingRegistry  # here: other commands start faster
+    from gateway.mapping.webhook_sources import SourceRegistry
 
     directory = Path(args.dir) if args.dir else settings_of(args).mappings
     registry = MappingRegistry(directory)
@@ -44,7 +45,9 @@ def cmd_check(args: argparse.Namespace) -> int:
         else:
             print(f"error: {registry.error}", file=sys.stderr)
         return 2
-    problems = [p.to_dict() for p in registry.all_problems()]
+    sources = SourceRegistry(registry)  # webhook sources: <directory>/sources/*.yaml
+    sourced = sources.reload()
+    problems = [p.to_dict() for p in registry.all_problems() + sources.all_problems()]
     integrations = sum(len(m.integrations) for g in registry.groups() if (m := registry.get(g)))
     if args.json:
         print_json(
@@ -52,6 +55,7 @@ def cmd_check(args: argparse.Namespace) -> int:
                 "ok": not problems,
                 "groups": len(registry),
                 "integrations": integrations,
+                "webhook_sources": len(sources),
                 "problems": problems,
             }
         )
@@ -59,11 +63,17 @@ def cmd_check(args: argparse.Namespace) -> int:
         for p in problems:
             where = f"{p['file']}:{p['line']}" if p["line"] else p["file"]
             print(f"{where}: {p['path']}: {p['message']}")
-        files = len(result.loaded) + len(result.failed)
+        files = (
+            len(result.loaded) + len(result.failed) + len(sourced.loaded) + len(sources.problems)
+        )
+        failed = len(result.failed) + len(sources.problems)
+        extra = f", {len(sources)} webhook source(s)" if len(sources) else ""
         if problems:
-            print(f"{len(problems)} problem(s) in {len(result.failed)} of {files} file(s)")
+            print(f"{len(problems)} problem(s) in {failed} of {files} file(s)")
         else:
-            print(f"ok: {len(registry)} group(s), {integrations} integration(s) in {directory}")
+            print(
+                f"ok: {len(registry)} group(s), {integrations} integration(s){extra} in {directory}"
+            )
     return 1 if problems else 0
 
 

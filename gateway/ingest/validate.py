@@ -8,12 +8,12 @@ record cannot turn into an answer many times its size.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.ids import GROUP_KEY_RE
+
 # Group keys name mapping files, so they must be safe file names.
-GROUP_KEY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 _RECORD_FIELDS = frozenset({"data", "group_key"})
 _SCALARS = (str, int, float, bool)
 MAX_LISTED = 100  # problems listed per record (and per batch answer); the rest are counted

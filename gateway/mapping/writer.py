@@ -21,7 +21,6 @@ import contextlib
 import fcntl
 import io
 import os
-import re
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -37,7 +36,6 @@ from gateway.mapping.model import compile_mapping, content_version
 from gateway.mapping.yamlsrc import YamlError, line_of, load_with_lines
 
 #: Group keys the API accepts: the same as ingest accepts, and always a plain file name.
-GROUP_KEY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 #: The lock file that serialises writers (several gateway processes may share a directory).
 LOCK_FILE = ".gateway-admin.lock"
