@@ -30,7 +30,9 @@ PREFIX = "/console"
 HERE = Path(__file__).parent
 
 #: Sent with every console answer: scripts and styles from the console itself only, no
-#: framing, no referrer (URLs carry record ids), nothing cached (pages carry record data).
+#: framing, no referrer to other sites (URLs carry record ids; "no-referrer" would also make
+#: the browser send "Origin: null" on the console's own forms), nothing cached (pages carry
+#: record data).
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
         "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -39,7 +41,7 @@ SECURITY_HEADERS = {
     ),
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
+    "Referrer-Policy": "same-origin",
 }
 
 #: Paths answered without a session.
@@ -134,7 +136,6 @@ def create_console_app(
         console,
         loader=jinja2.FileSystemLoader(HERE / "templates"),
         autoescape=jinja2.select_autoescape(default=True),
-        context_processors=[views.context],
     )
     views.add_routes(console)
     console.router.add_static("/static/", HERE / "static", name="static")

@@ -43,20 +43,20 @@ def redirect(location: str) -> web.Response:
 
 def refusal(request: web.Request, status: int, message: str) -> web.Response:
     """An error page."""
-    return aiohttp_jinja2.render_template(
-        "error.html", request, {"status": status, "message": message}, status=status
-    )
+    return render("error.html", request, {"status": status, "problem": message}, status=status)
 
 
-async def context(request: web.Request) -> dict[str, Any]:
-    """What every template gets: the prefix, the session's CSRF token, the current path."""
-    session = request[SESSION_OF]
-    return {
+def render(name: str, request: web.Request, ctx: dict[str, Any], status: int = 200) -> web.Response:
+    """Render a template with what every page gets: the prefix, whether signed in, the
+    session's CSRF token, the current path (``ctx`` may override the token: sign-in)."""
+    session = request.get(SESSION_OF)
+    base = {
         "prefix": PREFIX,
         "signed_in": session is not None,
         "csrf": session.csrf if session is not None else "",
         "path": request.path,
     }
+    return aiohttp_jinja2.render_template(name, request, {**base, **ctx}, status=status)
 
 
 def session_of(request: web.Request) -> Session:
@@ -106,9 +106,7 @@ def when(iso: str | None) -> str:
 async def signin_page(request: web.Request, message: str = "", status: int = 200) -> web.Response:
     """The sign-in form, its CSRF token also set as a cookie (there is no session yet)."""
     token = secrets.token_urlsafe(32)
-    response = aiohttp_jinja2.render_template(
-        "signin.html", request, {"message": message, "csrf": token}, status=status
-    )
+    response = render("signin.html", request, {"problem": message, "csrf": token}, status=status)
     set_cookie(response, request, PRE_COOKIE, token)
     return response
 
@@ -176,6 +174,16 @@ async def _overview(request: web.Request) -> dict[str, Any]:
     now = time.time()
     rows = []
     keys: set[Lane] = set()
+    # The API's per-lane counters since the process started, sampled now as well as in the
+    # background: the page shows what happened up to this second.
+    activity.sample(
+        [
+            {"group_key": lane["group_key"], "integration": lane["integration"]}
+            | lane.get("since_start", {})
+            for lane in doc["lanes"]
+        ],
+        now,
+    )
     for lane in doc["lanes"]:
         key = (lane["group_key"], lane["integration"])
         keys.add(key)
@@ -201,12 +209,12 @@ async def overview(request: web.Request) -> web.Response:
     """``GET /console/``: every lane and the last hour's chart."""
     ctx = await _overview(request)
     ctx["message"] = request.query.get("message", "")
-    return aiohttp_jinja2.render_template("overview.html", request, ctx)
+    return render("overview.html", request, ctx)
 
 
 async def overview_lanes(request: web.Request) -> web.Response:
     """``GET /console/lanes``: the overview's self-refreshing part."""
-    return aiohttp_jinja2.render_template("lanes.html", request, await _overview(request))
+    return render("lanes.html", request, await _overview(request))
 
 
 async def lane_action(request: web.Request) -> web.Response:
@@ -254,18 +262,18 @@ async def search(request: web.Request) -> web.Response:
     """``GET /console/search``: by record id, delivery id, or a value in a time range."""
     q = request.query.get("q", "").strip()
     filters = _filters(request.query, ("group", "state", "created_after", "created_before"))
-    ctx: dict[str, Any] = {"q": q, "filters": filters, "hits": None, "message": ""}
+    ctx: dict[str, Any] = {"q": q, "filters": filters, "hits": None, "problem": ""}
     if q.startswith("rec_") and " " not in q:
         return redirect(f"{PREFIX}/records/{_seg(q)}")
     if q.startswith("dlv_") and " " not in q:
         try:
             d = await api(request).call("GET", f"/deliveries/{_seg(q)}")
         except AdminError as exc:
-            ctx["message"] = exc.message
-            return aiohttp_jinja2.render_template("search.html", request, ctx, status=exc.status)
+            ctx["problem"] = exc.message
+            return render("search.html", request, ctx, status=exc.status)
         return redirect(f"{PREFIX}/records/{_seg(d['record_id'])}#{d['id']}")
     if not q:
-        return aiohttp_jinja2.render_template("search.html", request, ctx)
+        return render("search.html", request, ctx)
     if "created_after" not in filters:
         filters["created_after"] = datetime.fromtimestamp(time.time() - 86400, UTC).isoformat(
             timespec="seconds"
@@ -274,10 +282,10 @@ async def search(request: web.Request) -> web.Response:
     try:
         hits, scanned, more = await _search_value(request, q.casefold(), filters)
     except AdminError as exc:
-        ctx["message"] = exc.message
-        return aiohttp_jinja2.render_template("search.html", request, ctx, status=exc.status)
+        ctx["problem"] = exc.message
+        return render("search.html", request, ctx, status=exc.status)
     ctx.update(hits=hits, scanned=scanned, more=more)
-    return aiohttp_jinja2.render_template("search.html", request, ctx)
+    return render("search.html", request, ctx)
 
 
 async def _search_value(
@@ -350,7 +358,7 @@ async def record(request: web.Request) -> web.Response:
             if exc.status != 404:
                 raise
     data = orjson.loads(rec.data_json)
-    return aiohttp_jinja2.render_template(
+    return render(
         "record.html",
         request,
         {
@@ -390,11 +398,11 @@ async def dead(request: web.Request) -> web.Response:
         page = await client.call("GET", "/deliveries", params=params)
     except AdminError as exc:
         ctx["error"] = exc.message
-        return aiohttp_jinja2.render_template("dead.html", request, ctx, status=exc.status)
+        return render("dead.html", request, ctx, status=exc.status)
     ctx["items"] = page["deliveries"]
     ctx["next_cursor"] = page["next_cursor"]
     ctx["next_query"] = urlencode({**filters, "cursor": page["next_cursor"] or ""})
-    return aiohttp_jinja2.render_template("dead.html", request, ctx)
+    return render("dead.html", request, ctx)
 
 
 async def dead_replay(request: web.Request) -> web.Response:
@@ -435,7 +443,7 @@ def _api_filter(filters: dict[str, str]) -> dict[str, str]:
 async def mappings(request: web.Request) -> web.Response:
     """``GET /console/mappings``: every group, its integrations and its file's problems."""
     doc = await api(request).call("GET", "/groups")
-    return aiohttp_jinja2.render_template(
+    return render(
         "mappings.html",
         request,
         {
@@ -492,7 +500,7 @@ async def mapping_edit(request: web.Request) -> web.Response:
         if rec is not None and rec.group_key == group:
             sample = orjson.dumps(orjson.loads(rec.data_json), option=orjson.OPT_INDENT_2).decode()
     live = registry.get(group)
-    return aiohttp_jinja2.render_template(
+    return render(
         "mapping.html",
         request,
         {
@@ -535,7 +543,7 @@ async def mapping_draft(request: web.Request) -> web.Response:
                         (k, orjson.dumps(v).decode()) for k, v in entry["fields"].items()
                     ]
             ctx["preview"] = doc
-    return aiohttp_jinja2.render_template("draft.html", request, ctx)
+    return render("draft.html", request, ctx)
 
 
 def add_routes(app: web.Application) -> None:
