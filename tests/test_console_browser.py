@@ -120,7 +120,8 @@ def test_find_fix_preview_replay(gateway: GatewayProcess, sink: Sink) -> None:
     gw = gateway
     record_id = _send(gw, {"epost": EMAIL, "namn": "Åsa Lund"})
     wait_for(lambda: _dead(gw), what="the delivery to die (422 from the sink)")
-    assert sink.refused and "email" not in sink.refused[0]
+    assert sink.refused
+    assert "email" not in sink.refused[0]
     [dead] = _dead(gw)
 
     with chromium() as driver:
@@ -132,7 +133,9 @@ def test_find_fix_preview_replay(gateway: GatewayProcess, sink: Sink) -> None:
 
         # Overview: the lane with its dead delivery, refreshed by htmx.
         lanes = wait_for(lambda: driver.find_element(By.ID, "lanes"), what="the lanes")
-        assert "crm" in lanes.text and "shop" in lanes.text
+        assert "crm" in lanes.text
+        assert "shop" in lanes.text
+        assert "field 'email' is required" in lanes.text  # the lane's last error
         screenshot(driver, "02-overview")
         _accessible(driver, "overview")
 
