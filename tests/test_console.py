@@ -196,7 +196,7 @@ async def test_the_editor_checks_and_previews_a_draft(client) -> None:
         data={"yaml": "group_key: demo\nintegrations: [", "record": "{}"},
         headers={"X-CSRF-Token": csrf},
     )
-    assert "line " in await resp.text()
+    assert '<span class="line">line 3</span>' in await resp.text()
     # A group the token cannot see reads as missing, and nothing is checked.
     resp = await client.post(
         "/console/mappings/nope/draft", data={"yaml": DEMO}, headers={"X-CSRF-Token": csrf}
