@@ -106,7 +106,15 @@ def when(iso: str | None) -> str:
 async def signin_page(request: web.Request, message: str = "", status: int = 200) -> web.Response:
     """The sign-in form, its CSRF token also set as a cookie (there is no session yet)."""
     token = secrets.token_urlsafe(32)
-    response = render("signin.html", request, {"problem": message, "csrf": token}, status=status)
+    # Said before anyone types a token: without GATEWAY_ADMIN_TOKEN there is nothing to sign
+    # in to (the admin API answers 403 ADMIN_API_DISABLED).
+    disabled = request.config_dict[SETTINGS].admin_token is None
+    response = render(
+        "signin.html",
+        request,
+        {"problem": message, "csrf": token, "disabled": disabled},
+        status=status,
+    )
     set_cookie(response, request, PRE_COOKIE, token)
     return response
 
@@ -151,7 +159,7 @@ async def signout(request: web.Request) -> web.Response:
 
 
 def lane_state(lane: dict[str, Any]) -> str:
-    """flowing, retrying, breaker open, paused, disabled or removed."""
+    """flowing, retrying, failing, breaker open, paused, disabled or removed."""
     if lane.get("paused"):
         return "paused"
     if not lane.get("in_mapping"):
@@ -163,8 +171,9 @@ def lane_state(lane: dict[str, Any]) -> str:
     if lane.get("breaker") == "half_open":
         return "breaker half-open"
     err_at, ok_at = lane.get("last_error_at"), lane.get("last_success_at")
-    if lane["backlog"]["pending"] and err_at and (not ok_at or err_at > ok_at):
-        return "retrying"
+    if err_at and (not ok_at or err_at > ok_at):
+        # The latest attempt failed: waiting to try again, or nothing left to try (dead).
+        return "retrying" if lane["backlog"]["pending"] else "failing"
     return "flowing"
 
 
