@@ -22,6 +22,7 @@ from aiohttp.typedefs import Handler
 from gateway.appkeys import ENGINE
 from gateway.console import views
 from gateway.console.activity import Activity, sampling
+from gateway.console.adminapi import AdminError
 from gateway.console.keys import ACTIVITY, HTTP, SESSION_OF, SESSIONS
 from gateway.console.session import COOKIE, PRE_COOKIE, SessionBox
 
@@ -75,6 +76,10 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Session, CSRF and security headers for every console request."""
     try:
         response = await _guarded(request, handler)
+    except AdminError as exc:
+        # Whatever the admin API refused (a scoped token on /lanes, a store outage), the page
+        # says it in the API's words, with its status.
+        response = views.refusal(request, exc.status, exc.message)
     except web.HTTPException as exc:
         if exc.status >= 400:
             raise

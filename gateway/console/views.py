@@ -250,12 +250,37 @@ def _seg(value: str) -> str:
 async def visible_groups(request: web.Request) -> set[str]:
     """The groups the operator's token may see: the admin API's answer (live groups and
     files that failed to load)."""
-    doc = await api(request).call("GET", "/groups")
-    names = {g["group_key"] for g in doc.get("groups", [])}
-    for p in doc.get("problems", []):
-        stem = str(p.get("file", "")).rsplit("/", 1)[-1]
-        if stem.endswith((".yaml", ".yml")):
-            names.add(stem.rsplit(".", 1)[0])
+    pages = await _group_pages(request)
+    return {g["group_key"] for page in pages for g in page.get("groups", [])} | set(_broken(pages))
+
+
+async def _group_pages(request: web.Request) -> list[dict[str, Any]]:
+    """Every page of ``GET /groups`` (it is paginated by ``next_cursor`` when it says so)."""
+    client = api(request)
+    pages: list[dict[str, Any]] = []
+    params: dict[str, str] = {}
+    while True:
+        doc = await client.call("GET", "/groups", params=params or None)
+        pages.append(doc)
+        cursor = doc.get("next_cursor")
+        if not cursor or len(pages) >= 100:
+            return pages
+        params = {"cursor": cursor}
+
+
+async def all_groups(request: web.Request) -> list[dict[str, Any]]:
+    """Every group the token may see, as ``GET /groups`` lists them."""
+    return [g for page in await _group_pages(request) for g in page.get("groups", [])]
+
+
+def _broken(pages: list[dict[str, Any]]) -> list[str]:
+    """Groups named by the problems ``GET /groups`` reports (files that failed to load)."""
+    names = []
+    for page in pages:
+        for p in page.get("problems", []):
+            stem = str(p.get("file", "")).rsplit("/", 1)[-1]
+            if stem.endswith((".yaml", ".yml")):
+                names.append(stem.rsplit(".", 1)[0])
     return names
 
 
@@ -402,8 +427,7 @@ async def dead(request: web.Request) -> web.Response:
     }
     client = api(request)
     try:
-        groups = await client.call("GET", "/groups")
-        ctx["groups"] = groups.get("groups", [])
+        ctx["groups"] = await all_groups(request)
         page = await client.call("GET", "/deliveries", params=params)
     except AdminError as exc:
         ctx["error"] = exc.message
@@ -451,13 +475,13 @@ def _api_filter(filters: dict[str, str]) -> dict[str, str]:
 
 async def mappings(request: web.Request) -> web.Response:
     """``GET /console/mappings``: every group, its integrations and its file's problems."""
-    doc = await api(request).call("GET", "/groups")
+    pages = await _group_pages(request)
     return render(
         "mappings.html",
         request,
         {
-            "groups": doc.get("groups", []),
-            "problems": doc.get("problems", []),
+            "groups": [g for page in pages for g in page.get("groups", [])],
+            "problems": [p for page in pages for p in page.get("problems", [])],
             "message": request.query.get("message", ""),
         },
     )
