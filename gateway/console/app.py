@@ -20,7 +20,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from gateway.appkeys import ENGINE
-from gateway.console import views
+from gateway.console import manage, views
 from gateway.console.activity import Activity, sampling
 from gateway.console.adminapi import AdminError
 from gateway.console.keys import ACTIVITY, HTTP, SESSION_OF, SESSIONS
@@ -143,6 +143,7 @@ def create_console_app(
         autoescape=jinja2.select_autoescape(default=True),
     )
     views.add_routes(console)
+    manage.add_routes(console)
     console.router.add_static("/static/", HERE / "static", name="static")
     console.cleanup_ctx.extend([_http_client, _activity])
     return console

@@ -21,6 +21,7 @@ from gateway.console.adminapi import AdminApi, AdminError, base_url
 from gateway.console.keys import ACTIVITY, HTTP, SESSION_OF, SESSIONS
 from gateway.console.session import COOKIE, PRE_COOKIE, Session, clear_cookie, set_cookie
 from gateway.ingest.api import iso
+from gateway.mapping.model import content_version
 from gateway.mapping.preview import limits_of
 from gateway.store.base import StoreError
 
@@ -231,7 +232,7 @@ async def lane_action(request: web.Request) -> web.Response:
     group = request.match_info["group"]
     integration = request.match_info["integration"]
     action = request.match_info["action"]
-    path = f"/lanes/{_seg(group)}/{_seg(integration)}/{action}"
+    path = f"/lanes/{seg(group)}/{seg(integration)}/{action}"
     try:
         await api(request).call("POST", path)
     except AdminError as exc:
@@ -240,7 +241,8 @@ async def lane_action(request: web.Request) -> web.Response:
     return redirect(f"{PREFIX}/?" + urlencode({"message": f"{group} / {integration}: {done}"}))
 
 
-def _seg(value: str) -> str:
+def seg(value: str) -> str:
+    """``value`` as one URL path segment."""
     return quote(value, safe="")
 
 
@@ -298,14 +300,14 @@ async def search(request: web.Request) -> web.Response:
     filters = _filters(request.query, ("group", "state", "created_after", "created_before"))
     ctx: dict[str, Any] = {"q": q, "filters": filters, "hits": None, "problem": ""}
     if q.startswith("rec_") and " " not in q:
-        return redirect(f"{PREFIX}/records/{_seg(q)}")
+        return redirect(f"{PREFIX}/records/{seg(q)}")
     if q.startswith("dlv_") and " " not in q:
         try:
-            d = await api(request).call("GET", f"/deliveries/{_seg(q)}")
+            d = await api(request).call("GET", f"/deliveries/{seg(q)}")
         except AdminError as exc:
             ctx["problem"] = exc.message
             return render("search.html", request, ctx, status=exc.status)
-        return redirect(f"{PREFIX}/records/{_seg(d['record_id'])}#{d['id']}")
+        return redirect(f"{PREFIX}/records/{seg(d['record_id'])}#{d['id']}")
     if not q:
         return render("search.html", request, ctx)
     if "created_after" not in filters:
@@ -387,7 +389,7 @@ async def record(request: web.Request) -> web.Response:
     deliveries = []
     for d in rec.deliveries:
         try:
-            deliveries.append(await client.call("GET", f"/deliveries/{_seg(d.id)}"))
+            deliveries.append(await client.call("GET", f"/deliveries/{seg(d.id)}"))
         except AdminError as exc:
             if exc.status != 404:
                 raise
@@ -493,7 +495,7 @@ async def mapping_reload(request: web.Request) -> web.Response:
     form = await request.post()
     group = form.get("group")
     if isinstance(group, str) and group:
-        back = f"{PREFIX}/mappings/{_seg(group)}"
+        back = f"{PREFIX}/mappings/{seg(group)}"
     try:
         result = await api(request).call("POST", "/reload")
     except AdminError as exc:
@@ -511,19 +513,44 @@ async def _group_or_404(request: web.Request) -> str | web.Response:
     return group
 
 
+async def editor_context(
+    request: web.Request, group: str, *, text: str | None = None, version: str | None = None
+) -> dict[str, Any]:
+    """What the editor page shows: ``text`` (default: the file as it is now) and the
+    ``version`` a save must match (default: the file's)."""
+    registry = request.config_dict[MAPPINGS]
+    path = registry.directory / f"{group}.yaml"
+    if text is None:
+        try:
+            raw = path.read_bytes()
+            text = raw.decode("utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise AdminError(
+                404, "CONSOLE_FILE_UNREADABLE", f"Cannot read the file of '{group}': {exc}"
+            ) from None
+        version = content_version(raw)
+    live = registry.get(group)
+    return {
+        "group": group,
+        "text": text,
+        "file": str(path),
+        "version": version or "",
+        "live_version": live.version if live else None,
+        "sample": "{}",
+        "record_id": "",
+        "save_error": "",
+        "save_problems": [],
+        "message": request.query.get("message", ""),
+    }
+
+
 async def mapping_edit(request: web.Request) -> web.Response:
     """``GET /console/mappings/{group}``: the file in an editor, checked and previewed as
     it is typed; ``?record=rec_...`` fills the preview with that record's data."""
     group = await _group_or_404(request)
     if isinstance(group, web.Response):
         return group
-    registry = request.config_dict[MAPPINGS]
-    path = registry.directory / f"{group}.yaml"
-    try:
-        text = path.read_text("utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        return refusal(request, 404, f"Cannot read the mapping file of '{group}': {exc}")
-    sample = "{}"
+    ctx = await editor_context(request, group)
     rid = request.query.get("record", "")
     if rid:
         try:
@@ -531,21 +558,11 @@ async def mapping_edit(request: web.Request) -> web.Response:
         except StoreError:
             rec = None
         if rec is not None and rec.group_key == group:
-            sample = orjson.dumps(orjson.loads(rec.data_json), option=orjson.OPT_INDENT_2).decode()
-    live = registry.get(group)
-    return render(
-        "mapping.html",
-        request,
-        {
-            "group": group,
-            "text": text,
-            "file": str(path),
-            "version": live.version if live else None,
-            "sample": sample,
-            "record_id": rid,
-            "message": request.query.get("message", ""),
-        },
-    )
+            ctx["sample"] = orjson.dumps(
+                orjson.loads(rec.data_json), option=orjson.OPT_INDENT_2
+            ).decode()
+            ctx["record_id"] = rid
+    return render("mapping.html", request, ctx)
 
 
 async def mapping_draft(request: web.Request) -> web.Response:
