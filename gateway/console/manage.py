@@ -72,6 +72,7 @@ async def mapping_save(request: web.Request) -> web.Response:
             ctx = await editor_context(request, group, text=text, version=version)
             ctx["save_error"] = exc.message
             ctx["save_problems"] = problems
+            ctx["save_conflict"] = exc.status == 412
             if isinstance(sample, str):
                 ctx["sample"] = sample
             return render("mapping.html", request, ctx, status=exc.status)

@@ -43,6 +43,8 @@ class Session:
     token: str
     csrf: str
     expires_at: float
+    #: The token is limited to some groups: the pages on every group's data are not for it.
+    limited: bool = False
 
 
 class SessionBox:
@@ -55,7 +57,9 @@ class SessionBox:
         self._aead = AESGCM(key)
         self._ended: dict[str, float] = {}  # sid -> its expiry, for signed-out sessions
 
-    def new(self, token: str, now: float | None = None) -> tuple[Session, str]:
+    def new(
+        self, token: str, now: float | None = None, *, limited: bool = False
+    ) -> tuple[Session, str]:
         """A fresh session for ``token`` and its cookie value."""
         at = time.time() if now is None else now
         session = Session(
@@ -63,9 +67,16 @@ class SessionBox:
             token=token,
             csrf=secrets.token_urlsafe(32),
             expires_at=at + LIFETIME,
+            limited=limited,
         )
         plain = orjson.dumps(
-            {"sid": session.sid, "tok": token, "csrf": session.csrf, "exp": session.expires_at}
+            {
+                "sid": session.sid,
+                "tok": token,
+                "csrf": session.csrf,
+                "exp": session.expires_at,
+                "lim": limited,
+            }
         )
         nonce = os.urandom(12)
         sealed = nonce + self._aead.encrypt(nonce, plain, _AAD)
@@ -84,6 +95,7 @@ class SessionBox:
                 token=str(doc["tok"]),
                 csrf=str(doc["csrf"]),
                 expires_at=float(doc["exp"]),
+                limited=bool(doc.get("lim", False)),
             )
         except (ValueError, InvalidTag, KeyError, TypeError):
             return None

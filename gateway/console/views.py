@@ -54,6 +54,7 @@ def render(name: str, request: web.Request, ctx: dict[str, Any], status: int = 2
     base = {
         "prefix": PREFIX,
         "signed_in": session is not None,
+        "limited": session is not None and session.limited,
         "csrf": session.csrf if session is not None else "",
         "path": request.path,
     }
@@ -141,8 +142,15 @@ async def signin_post(request: web.Request) -> web.Response:
         if exc.status in (401, 403):
             return await signin_page(request, exc.message, 401)
         return await signin_page(request, f"The admin API answered: {exc.message}", 502)
-    _, cookie = request.config_dict[SESSIONS].new(token)
-    response = redirect(f"{PREFIX}/")
+    # A token limited to some groups may not read the lanes (nor deliveries): its console
+    # starts on the mappings and leaves out the pages it would only be refused.
+    limited = False
+    try:
+        await probe.call("GET", "/lanes")
+    except AdminError as exc:
+        limited = exc.code == "TOKEN_NOT_ALLOWED"
+    _, cookie = request.config_dict[SESSIONS].new(token, limited=limited)
+    response = redirect(f"{PREFIX}/mappings" if limited else f"{PREFIX}/")
     set_cookie(response, request, COOKIE, cookie)
     clear_cookie(response, PRE_COOKIE)
     return response
@@ -540,6 +548,7 @@ async def editor_context(
         "record_id": "",
         "save_error": "",
         "save_problems": [],
+        "save_conflict": False,
         "message": request.query.get("message", ""),
     }
 
