@@ -1,8 +1,8 @@
 """The web console in a real headless Chromium against a real ``gateway serve``.
 
 An operator signs in, finds a dead delivery by the customer's e-mail, reads its attempts,
-fixes the mapping (file and reload: the management API's save is not in this branch), sees the
-fixed field in the live preview, replays it and the sink gets it. Also: a form posted without
+fixes the mapping in the editor, sees the fixed field in the live preview, saves it, replays
+the delivery and the sink gets it. Also: a form posted without
 the CSRF token (from the console's own page and from another origin) changes nothing, and
 sign-out ends the session, the old cookie included. Every step saves a screenshot under
 tests/artifacts/console/ and the main pages pass axe-core with no critical violation.
@@ -194,11 +194,12 @@ def test_find_fix_preview_replay(gateway: GatewayProcess, sink: Sink) -> None:
         screenshot(driver, "06-mapping-fixed")
         _accessible(driver, "mapping editor")
 
-        # Put it live: the file as an operator saves it, then the console's reload button.
-        (gw.mappings / "shop.yaml").write_text(fixed)
-        driver.find_element(By.CSS_SELECTOR, "section form button[type=submit]").click()
-        flash = wait_for(lambda: driver.find_element(By.CLASS_NAME, "flash"), what="reloaded")
-        assert "Reloaded" in flash.text
+        # Save: written through the management API (with the version check), live at once.
+        driver.find_element(By.ID, "save").click()
+        flash = wait_for(lambda: driver.find_element(By.CLASS_NAME, "flash"), what="saved")
+        assert flash.text.startswith("Saved as version ")
+        assert flash.text.endswith(", now live.")
+        assert "email: epost" in (gw.mappings / "shop.yaml").read_text()
 
         # Dead letters: select it and replay; the count is shown and the sink gets the fix.
         driver.find_element(By.LINK_TEXT, "Dead letters").click()
