@@ -202,3 +202,30 @@ async def test_the_editor_checks_and_previews_a_draft(client) -> None:
         "/console/mappings/nope/draft", data={"yaml": DEMO}, headers={"X-CSRF-Token": csrf}
     )
     assert resp.status == 404
+
+
+def test_activity_counts_increases_per_minute_and_forgets_after_an_hour() -> None:
+    from gateway.console.activity import MINUTES, Activity, chart_svg
+
+    act = Activity()
+    lane = {"group_key": "shop", "integration": "crm"}
+    t0 = 1_000_000 * 60.0  # the start of a minute
+    act.sample([{**lane, "delivered": 0, "retried": 0, "dead": 0}], t0)
+    act.sample([{**lane, "delivered": 5, "retried": 2, "dead": 1}], t0 + 10)
+    act.sample([{**lane, "delivered": 7, "retried": 2, "dead": 1}], t0 + 70)
+    series = act.series(t0 + 70)
+    assert len(series) == MINUTES
+    assert (series[-2].delivered, series[-2].failed, series[-2].dead) == (5, 3, 1)
+    assert (series[-1].delivered, series[-1].failed) == (2, 0)
+    hour = act.last_hour(("shop", "crm"), t0 + 70)
+    assert (hour.delivered, hour.dead) == (7, 1)
+    assert act.last_hour(("shop", "other"), t0 + 70).delivered == 0
+    # A restarted engine's counters start again from 0: no negative minute.
+    act.sample([{**lane, "delivered": 1, "retried": 0, "dead": 0}], t0 + 80)
+    assert act.series(t0 + 80)[-1].delivered == 2
+    svg = str(chart_svg(act.series(t0 + 80)))
+    assert 'aria-label="Last 60 minutes: 7 delivered, 3 failed attempts"' in svg
+    assert svg.count('class="ok"') == 2
+    # An hour later it is all gone.
+    act.sample([{**lane, "delivered": 1, "retried": 0, "dead": 0}], t0 + 80 + 3600)
+    assert act.last_hour(("shop", "crm"), t0 + 80 + 3600).delivered == 0

@@ -458,7 +458,7 @@ async def dead_replay(request: web.Request) -> web.Response:
     if isinstance(one, str) and one:
         body = {"ids": [one]}
     elif form.get("action") == "filter":
-        body = {"filter": {**_api_filter(filters), "state": "dead"}}
+        body = {"filter": {**filters, "state": "dead"}}
     else:
         ids = [i for i in form.getall("ids", []) if isinstance(i, str) and i]
         if not ids:
@@ -474,10 +474,6 @@ async def dead_replay(request: web.Request) -> web.Response:
     except AdminError as exc:
         message = f"Not replayed: {exc.message}"
     return redirect(f"{PREFIX}/dead?" + urlencode({**filters, "message": message}))
-
-
-def _api_filter(filters: dict[str, str]) -> dict[str, str]:
-    return dict(filters)
 
 
 # -- mappings --------------------------------------------------------------------------------
