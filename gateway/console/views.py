@@ -74,13 +74,11 @@ def api(request: web.Request) -> AdminApi:
     return AdminApi(request.config_dict[HTTP], base_url(request), session_of(request).token)
 
 
-def _t(value: Any) -> str:
-    """A form's time (``datetime-local`` gives ``2025-05-01T12:00``) as the API wants it: UTC."""
-    return str(value).strip()
-
-
 def _filters(query: Any, names: tuple[str, ...]) -> dict[str, str]:
-    return {n: _t(query[n]) for n in names if query.get(n) and _t(query[n])}
+    """The named, non-empty fields of a query or form, passed to the API as they are: a
+    ``datetime-local`` time (``2025-05-01T12:00``) has no offset, which the API reads as UTC,
+    as the forms' labels say."""
+    return {n: str(query[n]).strip() for n in names if str(query.get(n) or "").strip()}
 
 
 def age(seconds: float | None) -> str:
