@@ -139,6 +139,19 @@ def test_find_fix_preview_replay(gateway: GatewayProcess, sink: Sink) -> None:
         screenshot(driver, "02-overview")
         _accessible(driver, "overview")
 
+        # It refreshes itself, but not from under a keyboard user's focus.
+        def updated() -> str:
+            return str(driver.find_element(By.CSS_SELECTOR, "#lanes .meta").text)
+
+        first = updated()
+        wait_for(lambda: updated() != first, timeout=12, what="the overview to refresh")
+        pause = driver.find_element(By.CSS_SELECTOR, 'button[aria-label="Pause shop / crm"]')
+        driver.execute_script("arguments[0].focus()", pause)
+        held = updated()
+        time.sleep(6)
+        assert driver.execute_script("return document.activeElement") == pause
+        assert updated() == held
+
         # Search by the e-mail: the record, then its page with the attempt and the vendor answer.
         driver.find_element(By.LINK_TEXT, "Search").click()
         box = wait_for(lambda: driver.find_element(By.ID, "q"), what="the search form")
