@@ -26,7 +26,16 @@ from aiohttp.web_runner import GracefulExit
 
 from gateway import logs
 from gateway.admin import api as admin
-from gateway.appkeys import ENGINE, INGEST, MAPPINGS, METRICS, RELOADER, SETTINGS, STORE
+from gateway.appkeys import (
+    ENGINE,
+    INGEST,
+    MAPPINGS,
+    METRICS,
+    RELOADER,
+    SECRET_BOX,
+    SETTINGS,
+    STORE,
+)
 from gateway.auth.keys import KeyRing, SecretBox, load_master_key
 from gateway.auth.sigv4 import SigV4Verifier
 from gateway.config import Settings
@@ -42,7 +51,7 @@ from gateway.mapping.loader import MappingRegistry
 from gateway.mapping.watch import MappingReloader
 from gateway.metrics import Metrics, calls_both, metrics_handler
 from gateway.store import open_store
-from gateway.store.base import Store, StoreError
+from gateway.store.base import Store, StoreError, StoreUnavailable
 
 # The application's keys live in gateway.appkeys; these names stay importable from here.
 __all__ = [
@@ -70,6 +79,9 @@ _HTTP_CODES = {
 }
 
 
+_PROBES = frozenset({"/healthz", "/readyz"})
+
+
 @web.middleware
 async def envelope_and_log(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Answer every error in the documented envelope; log one JSON line per request."""
@@ -89,6 +101,13 @@ async def envelope_and_log(request: web.Request, handler: Handler) -> web.Stream
             response.headers["Allow"] = exc.headers["Allow"]
     except asyncio.CancelledError:
         raise
+    except StoreUnavailable as exc:
+        # Raised outside a handler's own store call (the key ring's or the idempotency lookup
+        # while the database is down): the producer must retry, as for a failed commit.
+        code = "STORE_UNAVAILABLE"
+        response = ApiError(
+            503, code, f"The store is unavailable: {exc}", headers={"Retry-After": "5"}
+        ).response()
     except Exception as exc:
         logs.log(
             "internal_error",
@@ -106,8 +125,11 @@ async def envelope_and_log(request: web.Request, handler: Handler) -> web.Stream
     info = logs.info(request)
     if info.headers:
         response.headers.update(info.headers)
+    # Probes (a container's HEALTHCHECK every few seconds) would drown the request log.
+    quiet = request.path in _PROBES and response.status < 400
     logs.log(
         "request",
+        "debug" if quiet else "info",
         method=request.method,
         path=request.path,
         status=response.status,
@@ -184,6 +206,7 @@ def create_app(settings: Settings, store: Store | None = None) -> web.Applicatio
     app[STORE] = the_store
     app[MAPPINGS] = mappings
     app[RELOADER] = MappingReloader(mappings)
+    app[SECRET_BOX] = SecretBox(master)
     metrics = Metrics(the_store, mappings)
     app[METRICS] = metrics
     engine = DeliveryEngine(
@@ -200,7 +223,7 @@ def create_app(settings: Settings, store: Store | None = None) -> web.Applicatio
     app[ENGINE] = engine
     app[INGEST] = api.Ingest(
         store=the_store,
-        keys=KeyRing(the_store, SecretBox(master), ttl=settings.key_cache_ttl),
+        keys=KeyRing(the_store, app[SECRET_BOX], ttl=settings.key_cache_ttl),
         verifier=SigV4Verifier(settings.region, settings.service, clock_skew=settings.clock_skew),
         limiter=KeyedLimiter(settings.rate_limit, settings.rate_burst),
         mappings=mappings,

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 if TYPE_CHECKING:
+    from gateway.auth.keys import SecretBox
     from gateway.config import Settings
     from gateway.delivery.engine import DeliveryEngine
     from gateway.ingest.api import Ingest
@@ -35,5 +36,7 @@ ENGINE: web.AppKey[DeliveryEngine] = web.AppKey("engine")
 INGEST: web.AppKey[Ingest] = web.AppKey("ingest")
 #: The application's Prometheus metrics.
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
+#: Encrypts access-key secrets with the master key (the admin API creates keys with it).
+SECRET_BOX: web.AppKey[SecretBox] = web.AppKey("secret_box")
 #: The admin API's bearer token, on the admin sub-application; empty: the admin API is off.
 ADMIN_TOKEN: web.AppKey[str] = web.AppKey("admin_token", str)

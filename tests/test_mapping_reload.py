@@ -86,7 +86,9 @@ async def test_broken_edit_keeps_the_live_version_until_fixed(client, tmp_path: 
     assert result["failed"][str(path)][0]["line"] == 7
     r = await client.get("/admin/v1/groups", headers=ADMIN)
     listing = await r.json()
-    assert listing["groups"][0]["version"] == first["version"]  # the old one stays live
+    # The old version stays live; "version" is the file's (issue 14: what If-Match names).
+    assert listing["groups"][0]["live_version"] == first["version"]
+    assert listing["groups"][0]["version"] != first["version"]
     assert listing["groups"][0]["problems"]
     r = await client.get("/readyz")
     assert "shop.yaml" in (await r.json())["checks"]["mappings"]["errors"][0]

@@ -14,7 +14,7 @@ from gateway.app import create_app
 from gateway.cli import main
 from gateway.config import load_settings
 from gateway.mapping.loader import MappingRegistry, load_file
-from gateway.mapping.preview import preview, preview_group
+from gateway.preview import preview, preview_group
 
 ADMIN = "t" * 24
 SECRETS = {

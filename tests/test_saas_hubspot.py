@@ -224,7 +224,7 @@ async def test_server_errors_retry_until_delivered(tmp_path: Path) -> None:
 
 
 def test_the_token_never_shows_in_a_preview() -> None:
-    from gateway.mapping.preview import redact_request
+    from gateway.preview import redact_request
 
     integ = compiled()
     [req] = integ.type.build(integ, [("dlv_a", {"email": "a@x.se"})])  # type: ignore[misc]

@@ -14,7 +14,7 @@ import yaml
 from gateway.integrations.base import BuildErrors
 from gateway.mapping.errors import SpecErrors
 from gateway.mapping.model import CompiledIntegration, compile_mapping
-from gateway.mapping.preview import redact_request
+from gateway.preview import redact_request
 from gateway.store.base import DeliveryState
 from tests.support import vendor_fakes
 from tests.support.saas import call_of, engine_requests, sdk_capture
@@ -174,7 +174,7 @@ async def test_server_errors_retry(tmp_path: Path) -> None:
 
 
 def test_the_webhook_path_stays_hidden_when_sent_to_another_host() -> None:
-    from gateway.mapping.preview import preview
+    from gateway.preview import preview
 
     text = "group_key: shop\nintegrations:\n" + "\n".join(
         "  " + line for line in ENTRY.replace("{url}", "http://127.0.0.1:9").splitlines()

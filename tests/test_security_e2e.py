@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from gateway.integrations.base import get_type
 from gateway.integrations.oauth2 import TokenCache, TokenError
 from gateway.integrations.transport import Transport
 from tests.support.gateway_proc import GatewayProcess
@@ -394,9 +395,11 @@ class EchoServerOK(EchoServer):
 
 
 class _Integration:
-    """What the token cache reads of an integration entry: ``connection.value['auth']``."""
+    """What the token cache reads of an entry of the ``http`` type: its type and
+    ``connection.value['auth']``."""
 
     def __init__(self, auth: dict[str, Any]) -> None:
+        self.type = get_type("http")
         self.connection = type("C", (), {"value": {"auth": auth}})()
 
 

@@ -7,7 +7,7 @@ from aiohttp import web
 
 from gateway.appkeys import MAPPINGS, RELOADER, SETTINGS
 from gateway.errors import ApiError, json_response
-from gateway.mapping.preview import limits_of, preview_group
+from gateway.preview import limits_of, preview_group
 
 
 async def reload_mappings(request: web.Request) -> web.Response:
@@ -82,6 +82,6 @@ async def preview_record(request: web.Request) -> web.Response:
 
 def add_routes(app: web.Application) -> None:
     """Register the mapping routes (groups, reload, preview) on the admin sub-application."""
-    app.router.add_get("/groups", list_groups)
+    # GET /groups is gateway.admin.groups' (the management API), with pagination.
     app.router.add_post("/reload", reload_mappings)
     app.router.add_post("/preview", preview_record)

@@ -210,7 +210,8 @@ class KeyRing:
                 access_key_id=stored.access_key_id,
                 secret=self._box.decrypt(stored.access_key_id, stored.secret_ciphertext),
                 groups=frozenset(stored.groups),
-                revoked=stored.revoked_at is not None,
+                # A rotated key stays valid until the time its rotation set.
+                revoked=stored.revoked_at is not None and stored.revoked_at <= time.time(),
                 rate_limit=stored.rate_limit,
                 rate_burst=stored.rate_burst,
             )

@@ -1,4 +1,5 @@
-"""The ``gateway`` command: serve, keys, send, check, preview, integrations, deliveries, status.
+"""The ``gateway`` command: serve, keys, send, check, preview, integrations, deliveries, status,
+groups, tokens.
 
 Every option of a command is a flag and a ``GATEWAY_*`` variable (flag wins); every command finds
 the store the same way (``--store`` / ``--data-dir``). Each command family is a module here that
@@ -9,7 +10,8 @@ defines its sub-parsers next to its handlers:
 - :mod:`~gateway.cli.send`: ``send``, a signed record like a producer's;
 - :mod:`~gateway.cli.mappings`: ``check``, ``preview``, ``integrations``, offline;
 - :mod:`~gateway.cli.deliveries`: ``deliveries``, ``status``, through a running gateway's admin
-  API (:mod:`~gateway.cli.adminclient`).
+  API (:mod:`~gateway.cli.adminclient`);
+- :mod:`~gateway.cli.groups`: ``groups``, ``tokens``, through the same API.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from gateway.auth.keys import MasterKeyError
-from gateway.cli import deliveries, keys, mappings, send, serve
+from gateway.cli import deliveries, groups, keys, mappings, send, serve
 from gateway.config import SettingsError
 
 __all__ = ["build_parser", "main"]
@@ -32,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Data-forwarding gateway: SigV4-signed flat records in, integrations out.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for family in (serve, keys, send, mappings, deliveries):
+    for family in (serve, keys, send, mappings, deliveries, groups):
         family.add_parsers(sub)
     return parser
 

@@ -55,11 +55,17 @@ class AdminClient:
             )
         self.token = token
 
-    def call(self, method: str, path: str, body: Any = None) -> Any:
-        """The JSON answer of a 2xx; an error envelope or an unreachable gateway raises
-        :class:`CliFailure` (exit 1 and 2)."""
+    def call(
+        self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
+    ) -> Any:
+        """The JSON answer of a 2xx (``{}`` for 204); an error envelope or an unreachable
+        gateway raises :class:`CliFailure` (exit 1 and 2)."""
         data = json.dumps(body).encode() if body is not None else None
-        headers = {"Authorization": f"Bearer {self.token}", "Accept": "application/json"}
+        headers = {
+            "Authorization": f"Bearer {self.token}",
+            "Accept": "application/json",
+            **(headers or {}),
+        }
         if data is not None:
             headers["Content-Type"] = "application/json"
         req = urllib.request.Request(self.url + path, data=data, headers=headers, method=method)
@@ -81,6 +87,8 @@ class AdminClient:
             answer = None
         if 200 <= status < 300 and answer is not None:
             return answer
+        if status == 204:
+            return {}
         err = answer.get("error") if isinstance(answer, dict) else None
         if not isinstance(err, dict):
             text = raw.decode("utf-8", "replace").strip()[:200]

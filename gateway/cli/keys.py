@@ -75,6 +75,14 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
             "groups": k.groups,
             "created_at": utc(k.created_at),
             "revoked_at": utc(k.revoked_at),
+            # A rotated key (admin API) stays valid until its revoked_at.
+            "state": (
+                "active"
+                if k.revoked_at is None
+                else "expiring"
+                if k.revoked_at > time.time()
+                else "revoked"
+            ),
             "rate_limit": k.rate_limit,
             "rate_burst": k.rate_burst,
         }
@@ -88,7 +96,7 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
         return 0
     print(f"{'ACCESS KEY ID':<22}{'STATE':<10}{'CREATED':<22}{'NAME':<20}GROUPS")
     for r in rows:
-        state = "revoked" if r["revoked_at"] else "active"
+        state = r["state"]
         print(
             f"{r['access_key_id']:<22}{state:<10}{r['created_at']:<22}{(r['name'] or '-'):<20}"
             f"{','.join(r['groups'])}"

@@ -73,7 +73,7 @@ def cmd_preview(args: argparse.Namespace) -> int:
     sent (secrets shown as ***). Nothing is sent or stored. Exit 1 when the group has no valid
     mapping, the data would be refused, or an integration cannot map or build the record."""
     from gateway.mapping.loader import MappingRegistry
-    from gateway.mapping.preview import limits_of, preview_group
+    from gateway.preview import limits_of, preview_group
 
     try:
         data = json.loads(args.data)

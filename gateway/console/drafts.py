@@ -2,7 +2,7 @@
 
 The draft goes through :func:`gateway.mapping.loader.load_file`, the function ``gateway check``
 and the live reload use, so the problems (with their line numbers) read exactly as they do
-there; a draft that compiles is previewed with :func:`gateway.mapping.preview.preview`, as
+there; a draft that compiles is previewed with :func:`gateway.preview.preview`, as
 ``POST /admin/v1/preview`` does for the live mapping. Nothing is saved or sent.
 """
 
@@ -16,7 +16,7 @@ from typing import Any
 from gateway.ingest.validate import Limits
 from gateway.mapping.loader import Problem, load_file
 from gateway.mapping.model import CompiledMapping
-from gateway.mapping.preview import preview
+from gateway.preview import preview
 
 #: The largest draft the console checks (a mapping file is a few kilobytes).
 MAX_DRAFT_BYTES = 512 * 1024

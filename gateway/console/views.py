@@ -22,7 +22,7 @@ from gateway.console.keys import ACTIVITY, HTTP, SESSION_OF, SESSIONS
 from gateway.console.session import COOKIE, PRE_COOKIE, Session, clear_cookie, set_cookie
 from gateway.ingest.api import iso
 from gateway.mapping.model import content_version
-from gateway.mapping.preview import limits_of
+from gateway.preview import limits_of
 from gateway.store.base import StoreError
 
 PREFIX = "/console"

@@ -13,16 +13,10 @@ from collections.abc import Mapping
 
 from gateway.mapping.options import RetryOptions
 
-RETRY_STATUSES = frozenset({408, 425, 429})
 #: Headers whose value says when a rate limit resets: seconds from now, or an epoch time.
 RESET_HEADERS = ("Retry-After", "RateLimit-Reset", "X-RateLimit-Reset", "X-Rate-Limit-Reset")
 # A reset value above this is an epoch time, not a number of seconds (about year 2001).
 _EPOCH_THRESHOLD = 1_000_000_000
-
-
-def is_retryable_status(status: int) -> bool:
-    """408, 425, 429 and every 5xx retry; other non-2xx answers are permanent."""
-    return status in RETRY_STATUSES or status >= 500
 
 
 def backoff(attempts: int, retry: RetryOptions, rng: random.Random | None = None) -> float:

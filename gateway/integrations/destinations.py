@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-from gateway.integrations.transport import TransportError
+from gateway.integrations.base import TransportError
 
 if TYPE_CHECKING:
     from aiohttp import ClientRequest, ClientTimeout

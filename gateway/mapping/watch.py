@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
 
 from gateway import logs
 from gateway.mapping.loader import MappingRegistry, ReloadResult
@@ -41,12 +42,19 @@ class MappingReloader:
     def __init__(self, registry: MappingRegistry) -> None:
         self.registry = registry
         self._lock = asyncio.Lock()
+        # Called after every reload (the admin API records hand edits as versions).
+        self.listeners: list[Callable[[ReloadResult, str], Awaitable[None]]] = []
 
     async def reload(self, reason: str) -> ReloadResult:
         """Reload now (after any reload already running) and log the outcome."""
         async with self._lock:
             result = await asyncio.to_thread(self.registry.reload)
         log_reload(result, reason)
+        for listener in self.listeners:
+            try:
+                await listener(result, reason)
+            except Exception as exc:  # a listener's failure never stops reloads
+                logs.log("reload_listener_failed", "warning", error=repr(exc))
         return result
 
     def reload_soon(self, reason: str) -> None:

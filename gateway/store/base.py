@@ -203,6 +203,44 @@ class LaneStats:
 
 
 @dataclass(slots=True)
+class MappingVersion:
+    """One recorded version of a group's mapping file (the management API's history)."""
+
+    group_key: str
+    number: int  # 1, 2, 3, ... per group
+    version: str  # the content hash, as deliveries record it
+    content: str  # the file's whole text
+    created_at: float
+    actor: str  # "admin", "token:<id>", or "file" for a hand edit
+    action: str  # create, update, rollback, clone, delete, file
+
+
+@dataclass(slots=True)
+class AuditEntry:
+    """One change made through the management API (or noticed in the files)."""
+
+    id: int
+    at: float
+    actor: str
+    action: str
+    target: str
+    detail: str  # a JSON object, never a secret
+
+
+@dataclass(slots=True)
+class AdminToken:
+    """A scoped admin token; only a hash of its secret is stored (see gateway.admin.tokens)."""
+
+    token_id: str
+    secret_hash: str
+    role: str  # read, write, admin
+    groups: list[str] | None  # None: every group
+    name: str | None
+    created_at: float
+    revoked_at: float | None = None
+
+
+@dataclass(slots=True)
 class Page(Generic[T]):
     """One page of a listing; ``next_cursor`` is None on the last page."""
 
@@ -269,7 +307,51 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def revoke_access_key(self, access_key_id: str, now: float) -> bool:
-        """Mark the key revoked; False when there is no such key."""
+        """Mark the key revoked at ``now`` (or keep an earlier revocation time; a later one,
+        set by a rotation, is brought forward); False when there is no such key."""
+
+    # -- mapping versions and audit (the management API) ----------------------------------
+    @abc.abstractmethod
+    async def add_mapping_version(
+        self, group_key: str, version: str, content: str, at: float, actor: str, action: str
+    ) -> None:
+        """Record the next version of a group's mapping file."""
+
+    @abc.abstractmethod
+    async def list_mapping_versions(self, group_key: str) -> list[MappingVersion]:
+        """Every recorded version of the group's file, oldest first."""
+
+    @abc.abstractmethod
+    async def get_mapping_version(self, group_key: str, number: int) -> MappingVersion | None:
+        """Version ``number`` of the group's file, or None."""
+
+    @abc.abstractmethod
+    async def latest_mapping_version(self, group_key: str) -> MappingVersion | None:
+        """The newest recorded version of the group's file, or None."""
+
+    @abc.abstractmethod
+    async def add_audit(self, at: float, actor: str, action: str, target: str, detail: str) -> None:
+        """Append one entry to the audit log."""
+
+    @abc.abstractmethod
+    async def list_audit(self, after: int = 0, limit: int = 100) -> list[AuditEntry]:
+        """Audit entries with an id above ``after``, oldest first."""
+
+    @abc.abstractmethod
+    async def create_admin_token(self, token: AdminToken) -> None:
+        """Store a new scoped admin token."""
+
+    @abc.abstractmethod
+    async def get_admin_token(self, token_id: str) -> AdminToken | None:
+        """The token, revoked or not, or None."""
+
+    @abc.abstractmethod
+    async def list_admin_tokens(self) -> list[AdminToken]:
+        """Every scoped admin token, oldest first."""
+
+    @abc.abstractmethod
+    async def revoke_admin_token(self, token_id: str, now: float) -> bool:
+        """Mark the token revoked; False when there is no such token."""
 
     # -- deliveries -----------------------------------------------------------------------
     @abc.abstractmethod

@@ -42,7 +42,9 @@ import orjson
 from gateway.store import queries
 from gateway.store.base import (
     AccessKey,
+    AdminToken,
     Attempt,
+    AuditEntry,
     ClaimedDelivery,
     Delivery,
     DeliveryFilter,
@@ -51,6 +53,7 @@ from gateway.store.base import (
     IngestResult,
     IngestWrite,
     LaneStats,
+    MappingVersion,
     Page,
     Store,
     StoredRecord,
@@ -235,6 +238,12 @@ def access_key(row: Row) -> AccessKey:
         rate_limit=row[6],
         rate_burst=row[7],
     )
+
+
+def admin_token(row: Row) -> AdminToken:
+    """A row of TOKEN_COLS as an AdminToken."""
+    groups = orjson.loads(row[3]) if row[3] is not None else None
+    return AdminToken(row[0], row[1], row[2], groups, row[4], row[5], row[6])
 
 
 def access_key_params(key: AccessKey) -> tuple[Any, ...]:
@@ -628,7 +637,70 @@ class GroupCommitStore(Store):
 
     async def revoke_access_key(self, access_key_id: str, now: float) -> bool:
         """Mark the key revoked (keeping the first revocation time); False if unknown."""
-        return await self._execute(queries.REVOKE_ACCESS_KEY, (now, access_key_id)) > 0
+        return await self._execute(queries.REVOKE_ACCESS_KEY, (now, now, access_key_id)) > 0
+
+    # -- mapping versions and audit (the management API) ----------------------------------
+    async def add_mapping_version(
+        self, group_key: str, version: str, content: str, at: float, actor: str, action: str
+    ) -> None:
+        """Record the next version of a group's mapping file (numbered 1, 2, ... per group)."""
+        await self._execute(
+            queries.INSERT_MAPPING_VERSION,
+            (group_key, version, content, at, actor, action, group_key),
+        )
+
+    async def list_mapping_versions(self, group_key: str) -> list[MappingVersion]:
+        """Every recorded version of the group's file, oldest first."""
+        rows = await self._fetch(queries.LIST_MAPPING_VERSIONS, (group_key,))
+        return [MappingVersion(*r) for r in rows]
+
+    async def get_mapping_version(self, group_key: str, number: int) -> MappingVersion | None:
+        """Version ``number`` of the group's file, or None."""
+        rows = await self._fetch(queries.SELECT_MAPPING_VERSION, (group_key, number))
+        return MappingVersion(*rows[0]) if rows else None
+
+    async def latest_mapping_version(self, group_key: str) -> MappingVersion | None:
+        """The newest recorded version of the group's file, or None."""
+        rows = await self._fetch(queries.LATEST_MAPPING_VERSION, (group_key,))
+        return MappingVersion(*rows[0]) if rows else None
+
+    async def add_audit(self, at: float, actor: str, action: str, target: str, detail: str) -> None:
+        """Append one entry to the audit log (``detail``: a JSON object, never a secret)."""
+        await self._execute(queries.INSERT_AUDIT, (at, actor, action, target, detail))
+
+    async def list_audit(self, after: int = 0, limit: int = 100) -> list[AuditEntry]:
+        """Audit entries with an id above ``after``, oldest first, at most ``limit``."""
+        rows = await self._fetch(queries.LIST_AUDIT, (after, limit))
+        return [AuditEntry(*r) for r in rows]
+
+    async def create_admin_token(self, token: AdminToken) -> None:
+        """Store a new scoped admin token; StoreError if the id exists."""
+        groups = None if token.groups is None else orjson.dumps(sorted(set(token.groups))).decode()
+        await self._execute(
+            queries.INSERT_ADMIN_TOKEN,
+            (
+                token.token_id,
+                token.secret_hash,
+                token.role,
+                groups,
+                token.name,
+                token.created_at,
+                token.revoked_at,
+            ),
+        )
+
+    async def get_admin_token(self, token_id: str) -> AdminToken | None:
+        """The token, revoked or not, or None."""
+        rows = await self._fetch(queries.SELECT_ADMIN_TOKEN, (token_id,))
+        return admin_token(rows[0]) if rows else None
+
+    async def list_admin_tokens(self) -> list[AdminToken]:
+        """Every scoped admin token, oldest first."""
+        return [admin_token(r) for r in await self._fetch(queries.LIST_ADMIN_TOKENS)]
+
+    async def revoke_admin_token(self, token_id: str, now: float) -> bool:
+        """Mark the token revoked (keeping the first time); False if unknown."""
+        return await self._execute(queries.REVOKE_ADMIN_TOKEN, (now, token_id)) > 0
 
     # -- deliveries -----------------------------------------------------------------------
     async def list_deliveries(

@@ -53,8 +53,42 @@ LIST_ATTEMPTS = f"SELECT {ATTEMPT_COLS} FROM attempts WHERE delivery_id = ? ORDE
 INSERT_ACCESS_KEY = f"INSERT INTO access_keys ({KEY_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 SELECT_ACCESS_KEY = f"SELECT {KEY_COLS} FROM access_keys WHERE access_key_id = ?"
 LIST_ACCESS_KEYS = f"SELECT {KEY_COLS} FROM access_keys ORDER BY created_at, access_key_id"
+# Keeps the earliest time: revoking a key that a rotation set to expire later ends it now;
+# revoking an already revoked key changes nothing. Parameters: at, at, access_key_id.
 REVOKE_ACCESS_KEY = (
-    "UPDATE access_keys SET revoked_at = coalesce(revoked_at, ?) WHERE access_key_id = ?"
+    "UPDATE access_keys SET revoked_at = CASE WHEN revoked_at IS NULL OR revoked_at > ? "
+    "THEN ? ELSE revoked_at END WHERE access_key_id = ?"
+)
+
+# The management API's history (migration 0003). Matches base.MappingVersion.
+VERSION_COLS = "group_key, number, version, content, created_at, actor, action"
+INSERT_MAPPING_VERSION = (
+    f"INSERT INTO mapping_versions ({VERSION_COLS}) "
+    # Cast: in INSERT ... SELECT, PostgreSQL cannot infer a parameter's type from the column.
+    "SELECT CAST(? AS TEXT), coalesce(max(number), 0) + 1, CAST(? AS TEXT), CAST(? AS TEXT), "
+    "CAST(? AS DOUBLE PRECISION), CAST(? AS TEXT), CAST(? AS TEXT) FROM mapping_versions "
+    "WHERE group_key = ?"
+)
+LIST_MAPPING_VERSIONS = (
+    f"SELECT {VERSION_COLS} FROM mapping_versions WHERE group_key = ? ORDER BY number"
+)
+SELECT_MAPPING_VERSION = (
+    f"SELECT {VERSION_COLS} FROM mapping_versions WHERE group_key = ? AND number = ?"
+)
+LATEST_MAPPING_VERSION = (
+    f"SELECT {VERSION_COLS} FROM mapping_versions WHERE group_key = ? ORDER BY number DESC LIMIT 1"
+)
+# Matches base.AuditEntry.
+AUDIT_COLS = "id, at, actor, action, target, detail"
+INSERT_AUDIT = "INSERT INTO audit_log (at, actor, action, target, detail) VALUES (?, ?, ?, ?, ?)"
+LIST_AUDIT = f"SELECT {AUDIT_COLS} FROM audit_log WHERE id > ? ORDER BY id LIMIT ?"
+# Matches base.AdminToken (core.admin_token()).
+TOKEN_COLS = "token_id, secret_hash, role, groups, name, created_at, revoked_at"
+INSERT_ADMIN_TOKEN = f"INSERT INTO admin_tokens ({TOKEN_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
+SELECT_ADMIN_TOKEN = f"SELECT {TOKEN_COLS} FROM admin_tokens WHERE token_id = ?"
+LIST_ADMIN_TOKENS = f"SELECT {TOKEN_COLS} FROM admin_tokens ORDER BY created_at, token_id"
+REVOKE_ADMIN_TOKEN = (
+    "UPDATE admin_tokens SET revoked_at = coalesce(revoked_at, ?) WHERE token_id = ?"
 )
 
 # Followed by the optional lane conditions of core.reschedule_query().

@@ -140,8 +140,6 @@ def _entry(integ: CompiledIntegration, data: dict[str, Any], now: float) -> dict
         entry["error"] = exc.to_dict()
         return entry
     entry["fields"] = fields
-    if integ.type.build is None:
-        return entry
     try:
         requests = integ.type.build(
             integ, [(PREVIEW_DELIVERY_ID, fields)], now=now, tokens=_preview_tokens
