@@ -229,3 +229,32 @@ def test_activity_counts_increases_per_minute_and_forgets_after_an_hour() -> Non
     # An hour later it is all gone.
     act.sample([{**lane, "delivered": 1, "retried": 0, "dead": 0}], t0 + 80 + 3600)
     assert act.last_hour(("shop", "crm"), t0 + 80 + 3600).delivered == 0
+
+
+async def test_a_save_the_api_refuses_keeps_the_text_and_lists_the_problems(
+    client, tmp_path: Path
+) -> None:
+    csrf = await _sign_in(client)
+    page = await client.get("/console/mappings/demo")
+    version = re.search(r'name="version" value="([0-9a-f]+)"', await page.text())
+    assert version
+    bad = DEMO.replace("type: file", "type: fil")
+    resp = await client.post(
+        "/console/mappings/demo/save",
+        data={"csrf": csrf, "yaml": bad, "version": version.group(1), "record": "{}"},
+        allow_redirects=False,
+    )
+    text = await resp.text()
+    assert resp.status == 422
+    assert "unknown integration type &#39;fil&#39;" in text
+    assert '<span class="line">line 10</span>' in text
+    assert "type: fil" in text  # still in the editor
+    assert (tmp_path / "maps" / "demo.yaml").read_text() == DEMO
+    resp = await client.post(
+        "/console/mappings/demo/save",
+        data={"csrf": csrf, "yaml": "integrations: [", "version": version.group(1)},
+        allow_redirects=False,
+    )
+    assert resp.status == 422
+    assert "not valid YAML" in await resp.text()
+    assert (tmp_path / "maps" / "demo.yaml").read_text() == DEMO
