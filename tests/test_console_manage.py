@@ -5,7 +5,6 @@ enabling and disabling an integration, access keys, and a token limited to one g
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -257,6 +256,17 @@ def test_a_token_limited_to_one_group_sees_only_it(gateway: GatewayProcess) -> N
     assert status == 201, made
     status, other_key = _api(gw, "POST", "/keys", {"groups": ["other"], "name": "other's"})
     assert status == 201, other_key
+    r = requests.post(
+        gw.url + "/v1/records",
+        data=json.dumps({"group_key": "other", "data": {"epost": "b@example.com"}}),
+        auth=AWS4Auth(
+            other_key["access_key_id"], other_key["secret_access_key"], "us-east-1", "execute-api"
+        ),
+        headers={"Content-Type": "application/json"},
+        timeout=10,
+    )
+    assert r.status_code == 202, r.text
+    other_record = r.json()["id"]
     with chromium() as driver:
         _sign_in(driver, gw, made["token"])
         wait_for(lambda: driver.current_url.endswith("/console/mappings"), what="mappings")
@@ -275,10 +285,12 @@ def test_a_token_limited_to_one_group_sees_only_it(gateway: GatewayProcess) -> N
             assert "other" not in driver.find_element(By.CSS_SELECTOR, "p.error").text.replace(
                 "'other'", ""
             )
+        driver.get(gw.url + f"/console/records/{other_record}")
+        assert driver.find_element(By.TAG_NAME, "h1").text == "Not found"
+        assert "b@example.com" not in driver.page_source
         driver.get(gw.url + "/console/keys")
         assert other_key["access_key_id"] not in driver.page_source
         # Pages on every group's deliveries are refused with the API's reason.
         driver.get(gw.url + "/console/dead")
         assert "limited to some groups" in driver.find_element(By.TAG_NAME, "main").text
         screenshot(driver, "m08-scoped-refused")
-    time.sleep(0)  # the browser is closed; nothing else to wait for
