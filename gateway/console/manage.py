@@ -271,6 +271,59 @@ async def key_revoke(request: web.Request) -> web.Response:
     return redirect(f"{PREFIX}/keys?" + urlencode({"message": message}))
 
 
+# -- scoped admin tokens ---------------------------------------------------------------------
+
+
+async def _tokens_context(request: web.Request) -> dict[str, Any]:
+    doc = await api(request).call("GET", "/tokens")
+    return {
+        "tokens": doc.get("tokens", []),
+        "groups": [g["group_key"] for g in await all_groups(request)],
+        "when": when,
+        "created": None,
+        "problem": "",
+        "message": request.query.get("message", ""),
+    }
+
+
+async def tokens(request: web.Request) -> web.Response:
+    """``GET /console/tokens``: every scoped admin token (never a secret); only a token for
+    every group with the admin role may see them (the API says so to any other)."""
+    return render("tokens.html", request, await _tokens_context(request))
+
+
+async def token_create(request: web.Request) -> web.Response:
+    """``POST /console/tokens``: ``POST /tokens``; the new token shows on this page only."""
+    form = await request.post()
+    body: dict[str, Any] = {"role": form.get("role")}
+    groups = [g for g in form.getall("groups", []) if isinstance(g, str) and g]
+    if groups:
+        body["groups"] = groups
+    name = form.get("name")
+    if isinstance(name, str) and name.strip():
+        body["name"] = name.strip()
+    try:
+        created = await api(request).call("POST", "/tokens", body=body)
+    except AdminError as exc:
+        ctx = await _tokens_context(request)
+        ctx["problem"] = exc.message
+        return render("tokens.html", request, ctx, status=exc.status)
+    ctx = await _tokens_context(request)
+    ctx["created"] = created
+    return render("tokens.html", request, ctx, status=201)
+
+
+async def token_revoke(request: web.Request) -> web.Response:
+    """``POST /console/tokens/{id}/revoke``: ``DELETE /tokens/{id}``."""
+    token_id = request.match_info["id"]
+    try:
+        await api(request).call("DELETE", f"/tokens/{seg(token_id)}")
+        message = f"Token {token_id} revoked."
+    except AdminError as exc:
+        message = f"Token {token_id} not revoked: {exc.message}"
+    return redirect(f"{PREFIX}/tokens?" + urlencode({"message": message}))
+
+
 def add_routes(app: web.Application) -> None:
     """Register the management pages on the console's sub-application."""
     r = app.router
@@ -282,3 +335,6 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/keys", keys)
     r.add_post("/keys", key_create)
     r.add_post("/keys/{id}/revoke", key_revoke)
+    r.add_get("/tokens", tokens)
+    r.add_post("/tokens", token_create)
+    r.add_post("/tokens/{id}/revoke", token_revoke)
