@@ -258,3 +258,24 @@ async def test_a_save_the_api_refuses_keeps_the_text_and_lists_the_problems(
     assert resp.status == 422
     assert "not valid YAML" in await resp.text()
     assert (tmp_path / "maps" / "demo.yaml").read_text() == DEMO
+
+
+async def test_a_token_revoked_meanwhile_ends_the_session(client) -> None:
+    admin = {"Authorization": f"Bearer {TOKEN}"}
+    made = await client.post("/admin/v1/tokens", json={"role": "read"}, headers=admin)
+    assert made.status == 201
+    token = (await made.json())["token"]
+    form = await client.get("/console/signin")
+    resp = await client.post(
+        "/console/signin",
+        data={"csrf": await _csrf_of(form), "token": token},
+        allow_redirects=False,
+    )
+    assert resp.status == 303
+    assert (await client.get("/console/mappings")).status == 200
+    token_id = token.split("_")[1]
+    assert (await client.delete(f"/admin/v1/tokens/{token_id}", headers=admin)).status == 204
+    resp = await client.get("/console/mappings", allow_redirects=False)
+    assert resp.status == 303
+    assert resp.headers["Location"] == "/console/signin"
+    assert resp.cookies["gateway_console"].value == ""

@@ -24,7 +24,7 @@ from gateway.console import manage, views
 from gateway.console.activity import Activity, sampling
 from gateway.console.adminapi import AdminError
 from gateway.console.keys import ACTIVITY, HTTP, SESSION_OF, SESSIONS
-from gateway.console.session import COOKIE, PRE_COOKIE, SessionBox
+from gateway.console.session import COOKIE, PRE_COOKIE, SessionBox, clear_cookie
 
 #: Where the console is mounted.
 PREFIX = "/console"
@@ -77,9 +77,20 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         response = await _guarded(request, handler)
     except AdminError as exc:
-        # Whatever the admin API refused (a scoped token on /lanes, a store outage), the page
-        # says it in the API's words, with its status.
-        response = views.refusal(request, exc.status, exc.message)
+        session = request.get(SESSION_OF)
+        if exc.status == 401 and session is not None:
+            # The token itself is no longer accepted (revoked, or GATEWAY_ADMIN_TOKEN changed):
+            # the session is over, and the operator is asked for a token again.
+            request.config_dict[SESSIONS].end(session)
+            if request.headers.get("HX-Request"):
+                response = web.Response(status=401, headers={"HX-Redirect": f"{PREFIX}/signin"})
+            else:
+                response = views.redirect(f"{PREFIX}/signin")
+            clear_cookie(response, COOKIE)
+        else:
+            # Whatever else the admin API refused (a scoped token on /lanes, a store outage),
+            # the page says it in the API's words, with its status.
+            response = views.refusal(request, exc.status, exc.message)
     except web.HTTPException as exc:
         if exc.status >= 400:
             raise
