@@ -39,6 +39,7 @@ from gateway.appkeys import (
 from gateway.auth.keys import KeyRing, SecretBox, load_master_key
 from gateway.auth.sigv4 import SigV4Verifier
 from gateway.config import Settings
+from gateway.console import app as console
 from gateway.delivery.engine import DeliveryEngine, EngineSettings
 from gateway.errors import ApiError, json_response
 from gateway.ingest import api, protocol, webhooks
@@ -248,6 +249,8 @@ def create_app(settings: Settings, store: Store | None = None) -> web.Applicatio
         ),
     )
     add_routes(app)
+    if settings.console:
+        console.mount(app, master)
     app.cleanup_ctx.extend(
         [
             _stopped_log,

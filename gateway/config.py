@@ -90,6 +90,9 @@ class Settings(BaseModel):
     delivery: bool = Field(
         True, description="Run the delivery engine in this process (off: ingest only)."
     )
+    console: bool = Field(
+        True, description="Serve the web console at /console (sign-in needs an admin token)."
+    )
     delivery_lease: float = Field(
         60.0,
         gt=0,
