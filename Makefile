@@ -14,8 +14,12 @@ $(BIN)/gateway: pyproject.toml
 
 setup: $(BIN)/gateway
 
+# The console (/console) signs in with the admin token: `make run` makes one for this run when
+# GATEWAY_ADMIN_TOKEN is not set, and prints it (a local development convenience).
 run: setup
-	$(BIN)/gateway serve --bootstrap-key demo
+	@token="$${GATEWAY_ADMIN_TOKEN:-$$($(BIN)/python -c 'import secrets; print(secrets.token_hex(16))')}"; \
+	echo "console: http://127.0.0.1:8080/console  (admin token for this run: $$token)"; \
+	GATEWAY_ADMIN_TOKEN="$$token" exec $(BIN)/gateway serve --bootstrap-key demo
 
 test: setup
 	$(BIN)/ruff check .
