@@ -41,7 +41,7 @@ from gateway.mapping.loader import MappingRegistry
 from gateway.mapping.watch import MappingReloader
 from gateway.metrics import Metrics, calls_both, metrics_handler
 from gateway.store import open_store
-from gateway.store.base import Store, StoreError
+from gateway.store.base import Store, StoreError, StoreUnavailable
 
 # The application's keys live in gateway.appkeys; these names stay importable from here.
 __all__ = [
@@ -69,6 +69,9 @@ _HTTP_CODES = {
 }
 
 
+_PROBES = frozenset({"/healthz", "/readyz"})
+
+
 @web.middleware
 async def envelope_and_log(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Answer every error in the documented envelope; log one JSON line per request."""
@@ -88,6 +91,13 @@ async def envelope_and_log(request: web.Request, handler: Handler) -> web.Stream
             response.headers["Allow"] = exc.headers["Allow"]
     except asyncio.CancelledError:
         raise
+    except StoreUnavailable as exc:
+        # Raised outside a handler's own store call (the key ring's or the idempotency lookup
+        # while the database is down): the producer must retry, as for a failed commit.
+        code = "STORE_UNAVAILABLE"
+        response = ApiError(
+            503, code, f"The store is unavailable: {exc}", headers={"Retry-After": "5"}
+        ).response()
     except Exception as exc:
         logs.log(
             "internal_error",
@@ -105,8 +115,11 @@ async def envelope_and_log(request: web.Request, handler: Handler) -> web.Stream
     info = logs.info(request)
     if info.headers:
         response.headers.update(info.headers)
+    # Probes (a container's HEALTHCHECK every few seconds) would drown the request log.
+    quiet = request.path in _PROBES and response.status < 400
     logs.log(
         "request",
+        "debug" if quiet else "info",
         method=request.method,
         path=request.path,
         status=response.status,

@@ -179,8 +179,8 @@ async def test_the_engines_count_of_claimed_deliveries_matches_its_lanes(
             assert time.monotonic() < deadline
             await asyncio.sleep(0.05)
         await asyncio.sleep(0.3)
-        assert engine._held() == sum(lane.held() for lane in engine.lanes.values())
-        assert engine._held() == 0  # the good lane is done, the open one gave its work back
+        assert engine._in_hand == sum(lane.held() for lane in engine.lanes.values())
+        assert engine._in_hand == 0  # the good lane is done, the open one gave its work back
         assert {d.state for d in await rig.deliveries(bad)} == {DeliveryState.PENDING}
     finally:
         await rig.close()

@@ -67,8 +67,26 @@ def test_status_classes() -> None:
 
 
 OPTS = BreakerOptions(
+    failures=3,
+    failure_ratio=0.5,
+    window=60,
+    min_requests=10,
+    cooldown=30,
+    max_cooldown=100,
+    probes=1,
+)
+PROBES = BreakerOptions(
     failures=3, failure_ratio=0.5, window=60, min_requests=10, cooldown=30, max_cooldown=100
 )
+
+
+def opened(options: BreakerOptions) -> CircuitBreaker:
+    """A breaker that opened at t=0..2 and is half-open from t=32."""
+    b = CircuitBreaker(options)
+    for t in range(3):
+        b.record(False, now=t)
+    assert b.state(32) == BreakerState.HALF_OPEN
+    return b
 
 
 def test_breaker_opens_on_consecutive_failures_and_probes_once() -> None:
@@ -127,3 +145,61 @@ def test_old_failures_leave_the_window() -> None:
         b.record(True, now=t)
     b.record(False, now=110)
     assert b.state(111) == BreakerState.CLOSED
+
+
+def test_half_open_lets_several_probes_through_and_closes_below_the_ratio() -> None:
+    b = opened(PROBES)
+    assert PROBES.probes == 5
+    assert all(b.allow(now=32) for _ in range(5))
+    assert not b.allow(now=32)  # five in flight
+    assert b.probing
+    b.record(False, now=33)
+    b.record(True, now=33)
+    assert b.state(33) == BreakerState.HALF_OPEN  # 1 of 2 failed: undecided
+    b.record(True, now=33)
+    assert b.state(33) == BreakerState.HALF_OPEN
+    b.record(True, now=33)  # 1 failed of 4; even if the fifth fails, 2 of 5 < 0.5
+    assert b.state(33) == BreakerState.CLOSED
+    assert b.cooldown == 30
+
+
+def test_only_probes_that_all_fail_grow_the_cooldown() -> None:
+    b = opened(PROBES)
+    for _ in range(4):
+        assert b.allow(now=32)
+        b.record(False, now=32)
+    assert b.state(32) == BreakerState.HALF_OPEN  # a fifth answer could still get through
+    assert b.allow(now=32)
+    b.record(False, now=33)
+    assert b.state(33) == BreakerState.OPEN
+    assert b.open_until == 33 + 60
+
+
+def test_a_flaky_integration_stays_half_open_without_a_cooldown() -> None:
+    b = opened(PROBES)
+    # Two of three fail, round after round: answering but struggling. Each round decides as
+    # soon as three of five failed and one got through; the next starts at once.
+    for round_ in range(4):
+        for ok in (False, False, True):
+            b.probe_returned()
+            assert b.allow(now=40 + round_)
+            b.record(ok, now=40 + round_)
+        assert b.state(40 + round_) == BreakerState.HALF_OPEN
+        b.record(False, now=40 + round_)
+        assert b.state(40 + round_) == BreakerState.HALF_OPEN, round_
+    assert b.opened == 1
+    assert b.cooldown == 30
+    # ... and when it goes down for good, a round of five failures opens it again.
+    for _ in range(5):
+        b.record(False, now=50)
+    assert b.state(50) == BreakerState.OPEN
+
+
+def test_a_probe_that_sent_nothing_gives_its_place_back() -> None:
+    # A probe batch can end without a request (every record a mapping error): its place
+    # goes to the next probe instead of leaving the lane waiting for an answer.
+    b = opened(BreakerOptions(failures=3, cooldown=30, probes=1))
+    assert b.allow(now=32)
+    assert not b.allow(now=32)
+    b.probe_returned()
+    assert b.allow(now=32)

@@ -1,10 +1,14 @@
 """One attempt of a lane: map, build, send, read the answers, record the outcomes.
 
 Every record of the batch is mapped through the mapping in force now (so a fixed mapping
-re-maps replayed deliveries), built into requests by its type's builder, sent through the
-shared transport, and read into one outcome per delivery (per entry where the integration
-answers per entry). The outcomes feed the lane's breaker and rate-limit hold, and are recorded
-with the attempt's mapping version in one store transaction.
+re-maps replayed deliveries), built into requests by its type's builder, sent by the type's
+send step (the shared HTTP transport unless the type has its own), and read into one outcome
+per delivery (per entry where the integration answers per entry). The outcomes feed the lane's
+breaker and rate-limit hold, and are recorded with the attempt's mapping version in one store
+transaction.
+
+:class:`Attempts` is a part of the engine with its own state; what it needs of the engine
+itself is :class:`EngineSide`.
 """
 
 from __future__ import annotations
@@ -12,9 +16,9 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -32,9 +36,15 @@ from gateway.integrations.base import (
     Response,
 )
 from gateway.integrations.oauth2 import TokenCache, TokenError
-from gateway.integrations.transport import Transport, TransportError, outcomes_by_status
+from gateway.integrations.transport import (
+    SendContext,
+    Transport,
+    TransportError,
+    outcomes_by_status,
+)
 from gateway.mapping.errors import MappingError
 from gateway.mapping.loader import MappingRegistry
+from gateway.mapping.model import CompiledIntegration
 from gateway.store.base import (
     Attempt,
     ClaimedDelivery,
@@ -66,30 +76,56 @@ class _Item:
     outcome: Outcome | None = None
 
 
+class EngineSide(Protocol):
+    """What an attempt needs of the engine that runs it."""
+
+    def finished(self, count: int) -> None:
+        """``count`` claimed deliveries are out of the engine's hands (their outcomes are
+        about to be recorded): room to claim more."""
+
+    def recovered(self, lane: Lane) -> None:
+        """The lane's breaker closed: what it put off is due now."""
+
+
 class Attempts:
-    """The attempt half of :class:`gateway.delivery.engine.DeliveryEngine` (a mixin: the
-    engine owns the state declared here)."""
+    """Runs the engine's attempts: map, build, send, read, feed the lane, record."""
 
-    store: Store
-    mappings: MappingRegistry
-    transport: Transport
-    tokens: TokenCache
-    hooks: EngineHooks
-    owner: str
-    _rng: random.Random
-    _clock: Callable[[], float]
-    _warned_tls: set[tuple[str, str]]
-    _in_hand: int
-    # The engine's methods this half calls (declared, not stubbed).
-    _spawn: Callable[[Coroutine[Any, Any, Any]], None]
-    _recovered: Callable[[Lane], Coroutine[Any, Any, None]]
-
-    async def _attempt(
-        self, lane: Lane, batch: list[ClaimedDelivery], slots: asyncio.Semaphore
+    def __init__(
+        self,
+        *,
+        store: Store,
+        mappings: MappingRegistry,
+        transport: Transport,
+        tokens: TokenCache,
+        hooks: EngineHooks,
+        owner: str,
+        engine: EngineSide,
+        rng: random.Random,
+        clock: Callable[[], float],
     ) -> None:
+        self.store = store
+        self.mappings = mappings
+        self.transport = transport
+        self.tokens = tokens
+        self.hooks = hooks
+        self.owner = owner
+        self._engine = engine
+        self._rng = rng
+        self._clock = clock
+        self._warned_tls: set[tuple[str, str]] = set()
+
+    async def run(
+        self,
+        lane: Lane,
+        batch: list[ClaimedDelivery],
+        slots: asyncio.Semaphore,
+        *,
+        probe: bool = False,
+    ) -> None:
+        """One attempt of ``batch`` on ``lane``, holding one of its ``slots`` (released here);
+        ``probe``: the breaker let it through half-open."""
         started = self._clock()
         t0 = time.perf_counter()
-        probe = lane.breaker.state() == BreakerState.HALF_OPEN
         version: str | None = None
         items = [_Item(c) for c in batch]
         try:
@@ -97,11 +133,12 @@ class Attempts:
             integration = mapping.integration(lane.integration) if mapping else None
             if mapping is not None:
                 version = mapping.version
-            if integration is None:
+            if mapping is None:
+                why = f"group {lane.group_key!r} has no mapping file"
+                self._settle(items, OutcomeKind.PERMANENT, why)
+            elif integration is None:
                 why = (
-                    f"group {lane.group_key!r} has no mapping file"
-                    if mapping is None
-                    else f"integration {lane.integration!r} is not in the mapping of group "
+                    f"integration {lane.integration!r} is not in the mapping of group "
                     f"{lane.group_key!r} (version {mapping.version})"
                 )
                 self._settle(items, OutcomeKind.PERMANENT, why)
@@ -130,8 +167,9 @@ class Attempts:
         finally:
             slots.release()
             lane.sending -= len(batch)
-            self._in_hand -= len(batch)
+            self._engine.finished(len(batch))
             if probe:
+                lane.breaker.probe_returned()
                 lane.probe_done.set()
         duration_ms = (time.perf_counter() - t0) * 1000
         await self._record(lane, items, started, duration_ms, version)
@@ -144,7 +182,7 @@ class Attempts:
             if it.outcome is None:
                 it.outcome = Outcome(it.claimed.delivery.id, kind, status, error)
 
-    async def _send(self, lane: Lane, integration: Any, items: list[_Item]) -> None:
+    async def _send(self, lane: Lane, integration: CompiledIntegration, items: list[_Item]) -> None:
         destinations.use(integration)  # this attempt's connections: the entry's policy
         for it in items:
             try:
@@ -153,14 +191,6 @@ class Attempts:
                 it.outcome = Outcome(
                     it.claimed.delivery.id, OutcomeKind.PERMANENT, None, f"mapping error: {exc}"
                 )
-        build = integration.type.build
-        if build is None:
-            self._settle(
-                items,
-                OutcomeKind.PERMANENT,
-                f"integration type {integration.type.name!r} cannot send yet",
-            )
-            return
         if TokenCache.needs_token(integration):
             try:
                 await self.tokens.ensure(integration, self.transport.client())
@@ -184,7 +214,9 @@ class Attempts:
         by_id = {it.claimed.delivery.id: it for it in items}
         await asyncio.gather(*(self._send_one(lane, integration, r, by_id) for r in requests))
 
-    async def _build(self, integration: Any, items: list[_Item]) -> list[OutboundRequest]:
+    async def _build(
+        self, integration: CompiledIntegration, items: list[_Item]
+    ) -> list[OutboundRequest]:
         """The requests for the items; records the builder refuses become permanent."""
         build = integration.type.build
         live = items
@@ -215,11 +247,15 @@ class Attempts:
         return []
 
     async def _send_one(
-        self, lane: Lane, integration: Any, request: OutboundRequest, by_id: dict[str, _Item]
+        self,
+        lane: Lane,
+        integration: CompiledIntegration,
+        request: OutboundRequest,
+        by_id: dict[str, _Item],
     ) -> None:
         t0 = time.perf_counter()
         lane.counters.requests += 1
-        response = await self._exchange(lane, request)
+        response = await self._exchange(lane, integration, request)
         if (
             isinstance(response, Response)
             and response.status == 401
@@ -233,7 +269,7 @@ class Attempts:
                 ids = set(request.delivery_ids)
                 again = await self._build(integration, [by_id[d] for d in request.delivery_ids])
                 request = next(r for r in again if set(r.delivery_ids) <= ids)
-                response = await self._exchange(lane, request)
+                response = await self._exchange(lane, integration, request)
             except TokenError as exc:
                 response = TransportError(str(exc))
         outcomes = self._read(integration, request, response)
@@ -244,16 +280,33 @@ class Attempts:
         self._judge_lane(lane, response)
         self.hooks.attempt(lane, outcomes, time.perf_counter() - t0)
 
-    async def _exchange(self, lane: Lane, request: OutboundRequest) -> Response | TransportError:
+    async def _exchange(
+        self, lane: Lane, integration: CompiledIntegration, request: OutboundRequest
+    ) -> Response | TransportError:
+        """The request sent by the type's send step, or the shared HTTP transport."""
+        ctx = SendContext(self.transport, lane.config.timeouts, lane.config.verify_tls)
+        send = integration.type.send
         try:
-            return await self.transport.send(
-                request, lane.config.timeouts, verify_tls=lane.config.verify_tls
-            )
+            if send is None:
+                return await ctx.http(request)
+            return await send(integration, request, ctx)
         except TransportError as exc:
             return exc
+        except Exception as exc:  # a send step's bug: this request fails, not the attempt
+            logs.log(
+                "delivery_send_error",
+                "error",
+                group=lane.group_key,
+                integration=lane.integration,
+                error=repr(exc),
+            )
+            return TransportError(f"the {integration.type.name} send step failed: {exc!r}")
 
     def _read(
-        self, integration: Any, request: OutboundRequest, response: Response | TransportError
+        self,
+        integration: CompiledIntegration,
+        request: OutboundRequest,
+        response: Response | TransportError,
     ) -> list[Outcome]:
         if isinstance(response, TransportError):
             kind = OutcomeKind.PERMANENT if response.permanent else OutcomeKind.RETRY
@@ -314,7 +367,7 @@ class Attempts:
                 # Back: what waited out the outage (deferred, or in backoff) is due now, and
                 # the request times measured during the outage no longer say anything.
                 lane.forget_history()
-                self._spawn(self._recovered(lane))
+                self._engine.recovered(lane)
 
     # -- bookkeeping ----------------------------------------------------------------------
     async def _record(
@@ -340,10 +393,10 @@ class Attempts:
                 c.delivered += 1
                 c.last_success_at = now
             else:
-                at = None
+                retry_at = None
                 error = o.error
                 if o.kind == OutcomeKind.RETRY:
-                    at = policy.next_attempt(
+                    retry_at = policy.next_attempt(
                         attempts,
                         lane.config.retry,
                         now,
@@ -351,13 +404,13 @@ class Attempts:
                         o.retry_after,
                         self._rng,
                     )
-                    if at is None:
+                    if retry_at is None:
                         error = f"gave up after {attempts} attempts: {o.error}"
-                if at is None:
+                if retry_at is None:
                     state, at = DeliveryState.DEAD, now
                     c.dead += 1
                 else:
-                    state = DeliveryState.PENDING
+                    state, at = DeliveryState.PENDING, retry_at
                     c.retried += 1
                 c.last_error, c.last_error_at = error, now
             updates.append(DeliveryUpdate(d.id, self.owner, state, at, error, o.status, attempt))

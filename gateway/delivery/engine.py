@@ -6,9 +6,10 @@ integration's rate limit, or already holding as much as it can send within the l
 straight back to the store, due again when the lane expects to be ready: a blocked lane never
 holds the claim path, and deliveries of other lanes flow past it.
 
-Each attempt maps the records through the mapping in force now, builds the requests with the
-type's builder, sends them through the shared transport, reads the answers into per-delivery
-outcomes, and records every attempt with its mapping version in one store transaction.
+Each attempt (attempt.py) maps the records through the mapping in force now, builds the
+requests with the type's builder, sends them with the type's send step (the shared HTTP
+transport unless the type has its own), reads the answers into per-delivery outcomes, and
+records every attempt with its mapping version in one store transaction.
 Delivery is at least once: a crash between sending and recording means the lease expires and
 the delivery is sent again, with the same idempotency key.
 """
@@ -21,7 +22,7 @@ import os
 import random
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +35,7 @@ from gateway.ids import time_id
 from gateway.integrations.oauth2 import TokenCache
 from gateway.integrations.transport import Transport
 from gateway.mapping.loader import MappingRegistry
+from gateway.mapping.model import CompiledIntegration
 from gateway.store.base import (
     ClaimedDelivery,
     Store,
@@ -55,7 +57,7 @@ class EngineSettings:
     shutdown_grace: float = 10.0
 
 
-class DeliveryEngine(Attempts):
+class DeliveryEngine:
     """Gets every pending delivery to its integration. ``start`` on the event loop."""
 
     def __init__(
@@ -82,11 +84,21 @@ class DeliveryEngine(Attempts):
         self._wake = asyncio.Event()
         self._stopping = False
         self._dispatcher: asyncio.Task[None] | None = None
-        self._attempts: set[asyncio.Task[Any]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()  # attempts and chores, awaited on stop
         self._in_hand = 0  # deliveries claimed and not finished: queued or being sent
         self._paused: set[tuple[str, str]] = set()
         self._paused_checked = 0.0
-        self._warned_tls: set[tuple[str, str]] = set()
+        self.attempts = Attempts(
+            store=store,
+            mappings=mappings,
+            transport=self.transport,
+            tokens=self.tokens,
+            hooks=self.hooks,
+            owner=self.owner,
+            engine=self,
+            rng=self._rng,
+            clock=clock,
+        )
 
     # -- life -----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -113,8 +125,8 @@ class DeliveryEngine(Attempts):
             if lane.task is not None:
                 with contextlib.suppress(asyncio.CancelledError):
                     await lane.task
-        if self._attempts:
-            _, late = await asyncio.wait(set(self._attempts), timeout=self.settings.shutdown_grace)
+        if self._tasks:
+            _, late = await asyncio.wait(set(self._tasks), timeout=self.settings.shutdown_grace)
             for task in late:
                 task.cancel()
             if late:
@@ -182,12 +194,16 @@ class DeliveryEngine(Attempts):
         now = time.monotonic()
         return [self.lanes[k].status(now) for k in sorted(self.lanes)]
 
-    # -- dispatcher -----------------------------------------------------------------------
-    def _held(self) -> int:
-        # A running count: summing over every lane on each claim cost O(lanes) per commit
-        # wake-up, with 10,000 groups a hot loop of its own.
-        return self._in_hand
+    # -- what attempts report (attempt.EngineSide) ----------------------------------------
+    def finished(self, count: int) -> None:
+        """``count`` claimed deliveries finished their attempt."""
+        self._in_hand -= count
 
+    def recovered(self, lane: Lane) -> None:
+        """The lane's breaker closed: bring what it put off forward."""
+        self._spawn(self._recovered(lane))
+
+    # -- dispatcher -----------------------------------------------------------------------
     async def _dispatch_loop(self) -> None:
         s = self.settings
         while not self._stopping:
@@ -197,7 +213,9 @@ class DeliveryEngine(Attempts):
             try:
                 await self._refresh_paused()
                 while not self._stopping:
-                    room = s.max_in_flight - self._held()
+                    # A running count: summing over every lane on each claim cost O(lanes)
+                    # per commit wake-up, with 10,000 groups a hot loop of its own.
+                    room = s.max_in_flight - self._in_hand
                     if room <= 0:
                         break
                     limit = min(s.claim_batch, room)
@@ -261,7 +279,7 @@ class DeliveryEngine(Attempts):
         return None
 
     # -- lanes ----------------------------------------------------------------------------
-    def _integration(self, group_key: str, name: str) -> Any:
+    def _integration(self, group_key: str, name: str) -> CompiledIntegration | None:
         mapping = self.mappings.get(group_key)
         return mapping.integration(name) if mapping is not None else None
 
@@ -357,17 +375,24 @@ class DeliveryEngine(Attempts):
                 return
         await lane.slots.acquire()
         slots = lane.slots
-        if not lane.queue or not lane.breaker.allow():
+        if not lane.queue:
+            slots.release()
+            return
+        now = time.monotonic()  # one instant for both: a probe claimed is a probe returned
+        probe = lane.breaker.state(now) == BreakerState.HALF_OPEN
+        if not lane.breaker.allow(now):
             slots.release()
             return
         batch = self._take_batch(lane)
         if not batch:
             slots.release()
+            if probe:
+                lane.breaker.probe_returned()
             return
         lane.sending += len(batch)
-        task = asyncio.create_task(self._attempt(lane, batch, slots))
-        self._attempts.add(task)
-        task.add_done_callback(self._attempts.discard)
+        task = asyncio.create_task(self.attempts.run(lane, batch, slots, probe=probe))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _take_batch(self, lane: Lane) -> list[ClaimedDelivery]:
         """Up to a batch from the queue, without deliveries whose lease would run out while
@@ -401,7 +426,7 @@ class DeliveryEngine(Attempts):
         )
         self.notify()
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.create_task(coro)
-        self._attempts.add(task)
-        task.add_done_callback(self._attempts.discard)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)

@@ -12,13 +12,16 @@ import asyncio
 import collections
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.delivery.breaker import BreakerState, CircuitBreaker
 from gateway.ingest.ratelimit import TokenBucket
 from gateway.integrations.transport import Timeouts
 from gateway.mapping.options import BreakerOptions, DeliveryOptions, RetryOptions
 from gateway.store.base import ClaimedDelivery
+
+if TYPE_CHECKING:
+    from gateway.mapping.model import CompiledIntegration
 
 #: The most claimed deliveries one lane holds (queued or in flight).
 MAX_HELD = 5000
@@ -34,11 +37,11 @@ class LaneConfig:
     rate_limit: float | None = None  # requests per second
     timeouts: Timeouts = field(default_factory=Timeouts)
     verify_tls: bool = True
-    retry: RetryOptions = field(default_factory=RetryOptions)
-    breaker: BreakerOptions = field(default_factory=BreakerOptions)
+    retry: RetryOptions = field(default_factory=lambda: RetryOptions.model_validate({}))
+    breaker: BreakerOptions = field(default_factory=lambda: BreakerOptions.model_validate({}))
 
     @classmethod
-    def of(cls, integration: Any) -> LaneConfig:
+    def of(cls, integration: CompiledIntegration) -> LaneConfig:
         """The config of a compiled integration entry."""
         opts: DeliveryOptions = integration.options
         defaults = integration.type.default_options

@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.integrations.base import (
     BuildErrors,
@@ -29,6 +29,9 @@ from gateway.integrations.base import (
     Param,
     Response,
 )
+
+if TYPE_CHECKING:
+    from gateway.mapping.model import CompiledIntegration
 
 AWS_CONNECTION: tuple[Param, ...] = (
     Param("region", description="AWS region.", default="us-east-1", example="eu-west-1"),
@@ -425,7 +428,7 @@ def attributes_size(attributes: Mapping[str, Any]) -> int:
 
 
 def prepare(
-    integration: Any,
+    integration: CompiledIntegration,
     batch: list[tuple[str, dict[str, Any]]],
     make: Callable[[str, dict[str, Any]], Any],
 ) -> dict[str, Any]:
@@ -447,7 +450,7 @@ def prepare(
 
 
 def batch_calls(
-    integration: Any,
+    integration: CompiledIntegration,
     batch: list[tuple[str, dict[str, Any]]],
     entries: dict[str, Any],
     size_of: Callable[[Any], int],
@@ -555,7 +558,7 @@ def check_fifo(url_key: str) -> Callable[..., list[tuple[str, str]]]:
     return check
 
 
-def needs_credentials_io(integration: Any) -> bool:
+def needs_credentials_io(integration: CompiledIntegration) -> bool:
     """Whether building may block: credentials from the AWS chain or an assumed role (static
     keys never do), so the engine builds in a worker thread only then."""
     conn = integration.connection.value

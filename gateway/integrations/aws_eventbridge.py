@@ -21,7 +21,7 @@ The answer's ``Entries`` are positional (one per request entry, in order): an en
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -36,6 +36,9 @@ from gateway.integrations.base import (
     TokenProvider,
     register,
 )
+
+if TYPE_CHECKING:
+    from gateway.mapping.model import CompiledIntegration
 
 MAX_ENTRIES = 10
 MAX_BYTES = 262_144  # an entry, and the whole request (EventBridge quotas: 256 KB)
@@ -94,7 +97,7 @@ def entry_size(entry: dict[str, Any]) -> int:
 
 
 def build(
-    integration: Any,
+    integration: CompiledIntegration,
     batch: list[tuple[str, dict[str, Any]]],
     *,
     now: float | None = None,

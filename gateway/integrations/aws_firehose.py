@@ -14,7 +14,7 @@ with AWS's code and message. ``FailedPutCount`` only summarises the entries.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -30,6 +30,9 @@ from gateway.integrations.base import (
     register,
 )
 
+if TYPE_CHECKING:
+    from gateway.mapping.model import CompiledIntegration
+
 MAX_RECORDS = 500
 MAX_REQUEST_BYTES = 4 * 1024 * 1024  # record data, the whole request
 MAX_RECORD_BYTES = 1000 * 1024  # one record's data, before base64
@@ -40,7 +43,7 @@ def _data(fields: dict[str, Any]) -> bytes:
 
 
 def build(
-    integration: Any,
+    integration: CompiledIntegration,
     batch: list[tuple[str, dict[str, Any]]],
     *,
     now: float | None = None,

@@ -14,7 +14,7 @@ permanent with AWS's code and message. ``FailedRecordCount`` only summarises the
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -30,6 +30,9 @@ from gateway.integrations.base import (
     register,
 )
 from gateway.mapping.errors import MappingError
+
+if TYPE_CHECKING:
+    from gateway.mapping.model import CompiledIntegration
 
 MAX_RECORDS = 500
 MAX_REQUEST_BYTES = 5 * 1024 * 1024  # data plus partition keys, the whole request
@@ -65,7 +68,7 @@ def _stream(name: str, region: str) -> dict[str, str]:
 
 
 def build(
-    integration: Any,
+    integration: CompiledIntegration,
     batch: list[tuple[str, dict[str, Any]]],
     *,
     now: float | None = None,

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -42,6 +42,9 @@ from gateway.integrations.base import (
     TokenProvider,
     register,
 )
+
+if TYPE_CHECKING:
+    from gateway.mapping.model import CompiledIntegration
 
 #: Invoke's payload limits (bytes) by invocation type.
 MAX_PAYLOAD = {"RequestResponse": 6 * 1024 * 1024, "Event": 1024 * 1024}
@@ -64,7 +67,7 @@ def _header(headers: Mapping[str, str], name: str) -> str | None:
 
 
 def build(
-    integration: Any,
+    integration: CompiledIntegration,
     batch: list[tuple[str, dict[str, Any]]],
     *,
     now: float | None = None,

@@ -20,7 +20,7 @@ from __future__ import annotations
 import string
 import time
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -37,6 +37,9 @@ from gateway.integrations.base import (
     register,
 )
 from gateway.integrations.http import idempotency_key
+
+if TYPE_CHECKING:
+    from gateway.mapping.model import CompiledIntegration
 
 DEFAULT_KEY = "gateway/{year}/{month}/{day}/{hour}/{batch_id}.ndjson"
 KEY_FIELDS = ("year", "month", "day", "hour", "minute", "batch_id")
@@ -82,7 +85,7 @@ def object_key(template: str, when: float, delivery_ids: list[str]) -> str:
 
 
 def build(
-    integration: Any,
+    integration: CompiledIntegration,
     batch: list[tuple[str, dict[str, Any]]],
     *,
     now: float | None = None,

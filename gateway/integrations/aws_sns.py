@@ -10,7 +10,7 @@ entry: only failed entries are retried.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.integrations import aws
 from gateway.integrations.base import (
@@ -24,12 +24,15 @@ from gateway.integrations.base import (
     register,
 )
 
+if TYPE_CHECKING:
+    from gateway.mapping.model import CompiledIntegration
+
 MAX_ENTRIES = 10
 MAX_BYTES = 262_144  # a message with its attributes, and the whole batch (SNS quotas)
 
 
 def build(
-    integration: Any,
+    integration: CompiledIntegration,
     batch: list[tuple[str, dict[str, Any]]],
     *,
     now: float | None = None,

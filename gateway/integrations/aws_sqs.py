@@ -9,7 +9,7 @@ travel as message attributes. SQS answers per entry: only failed entries are ret
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.integrations import aws
 from gateway.integrations.base import (
@@ -23,12 +23,15 @@ from gateway.integrations.base import (
     register,
 )
 
+if TYPE_CHECKING:
+    from gateway.mapping.model import CompiledIntegration
+
 MAX_ENTRIES = 10
 MAX_BYTES = 262_144  # a message, and the whole batch (SQS quotas)
 
 
 def build(
-    integration: Any,
+    integration: CompiledIntegration,
     batch: list[tuple[str, dict[str, Any]]],
     *,
     now: float | None = None,

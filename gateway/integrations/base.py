@@ -1,5 +1,6 @@
 """What an integration type is: a declaration (connection, settings, actions and their fields)
-plus, from the delivery engine on, two small functions: build requests, read responses.
+plus, from the delivery engine on, small functions: build requests, read responses, and where
+the shared HTTP transport does not fit, send them (see :class:`Sender`).
 
 The catalog (``gateway integrations``), ``gateway check``, the preview and docs/integrations.md
 all read these declarations; nothing else describes a type.
@@ -10,7 +11,12 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+if TYPE_CHECKING:
+    # Type names only: the mapping model imports this module, and the transport builds on it.
+    from gateway.integrations.transport import SendContext
+    from gateway.mapping.model import CompiledIntegration
 
 ParamType = Literal["string", "integer", "number", "boolean", "url", "object", "list"]
 FieldType = Literal[
@@ -94,22 +100,22 @@ class OutboundRequest:
 #: ``tokens(integration) -> access token``: where a builder gets an OAuth2 token. The delivery
 #: engine fetches and caches tokens (refreshing on expiry and once on a 401) and hands build a
 #: provider that reads its cache; previews pass one that answers ``***`` and fetch nothing.
-TokenProvider = Callable[[Any], str]
+TokenProvider = Callable[["CompiledIntegration"], str]
 
 
 class Builder(Protocol):
     """``build(integration, batch) -> requests``: turn mapped records into requests.
 
-    ``integration`` is a :class:`gateway.mapping.model.CompiledIntegration` (not imported: no
-    cycle); ``batch`` is ``[(delivery_id, mapped fields), ...]``. Every record of the batch is
-    in exactly one request. ``now`` (epoch seconds) pins signing times (webhook timestamps,
-    SigV4 dates); ``None`` is the clock. Pure: no I/O. Raises :class:`BuildErrors` for records
-    that cannot become a request (e.g. a URL placeholder without a value).
+    ``integration`` is the compiled mapping entry; ``batch`` is ``[(delivery_id, mapped
+    fields), ...]``. Every record of the batch is in exactly one request. ``now`` (epoch
+    seconds) pins signing times (webhook timestamps, SigV4 dates); ``None`` is the clock.
+    Pure: no I/O. Raises :class:`BuildErrors` for records that cannot become a request (e.g.
+    a URL placeholder without a value).
     """
 
     def __call__(
         self,
-        integration: Any,
+        integration: CompiledIntegration,
         batch: list[tuple[str, dict[str, Any]]],
         *,
         now: float | None = None,
@@ -136,11 +142,19 @@ class BuildErrors(Exception):
 
 @dataclass(slots=True)
 class Response:
-    """An integration's answer to one :class:`OutboundRequest`."""
+    """An integration's answer to one :class:`OutboundRequest`.
+
+    A type's own send step that speaks no HTTP answers in the same terms, because the engine
+    judges by them: a 2xx status when it all went through, 429 (with ``Retry-After``) to hold
+    the lane, 5xx when it may pass later (this feeds the breaker), another 4xx when it will
+    not. ``detail`` carries what such a step found out beyond that (a database's per-row
+    results, the ids an API created) to the type's ``read``; None from the HTTP transport.
+    """
 
     status: int
     headers: Mapping[str, str]  # case-insensitive where the transport provides it
     body: bytes
+    detail: Any = None
 
 
 class OutcomeKind(StrEnum):
@@ -170,6 +184,26 @@ class Reader(Protocol):
     def __call__(self, request: OutboundRequest, response: Response) -> list[Outcome]: ...
 
 
+class Sender(Protocol):
+    """``await send(integration, request, ctx) -> response``: carry out one built request.
+
+    Only types the shared HTTP transport does not fit declare one (the ``file`` type appends
+    to a file; a database client, a vendor's two-step job API, a token dance of its own). It
+    gets one request of the build's output at a time (the engine sends a batch's requests
+    concurrently, within the lane's limits; a type that needs a batch to go together builds
+    it as one request) and ``ctx`` (:class:`gateway.integrations.transport.SendContext`): the
+    shared HTTP transport bound to the lane's timeouts and TLS setting (``await
+    ctx.http(request)``), the pooled session beneath it, the timeouts. It returns the
+    :class:`Response` that ``read`` gets, or raises
+    :class:`gateway.integrations.transport.TransportError` when no answer came (retried, and a
+    failure for the breaker). Retries, holds, the breaker and bookkeeping stay the engine's.
+    """
+
+    async def __call__(
+        self, integration: CompiledIntegration, request: OutboundRequest, ctx: SendContext
+    ) -> Response: ...
+
+
 class Checker(Protocol):
     """``check(connection, settings, fields) -> [(key path, message)]``: an entry's problems
     that the declarations alone cannot say, found when the mapping file loads (so
@@ -182,24 +216,33 @@ class Checker(Protocol):
     ) -> list[tuple[str, str]]: ...
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class IntegrationType:
-    """An integration type's declaration."""
+    """An integration type's declaration: what it takes (connection, settings, actions and
+    their fields), then what it does with a batch, like a sink of a pipeline is its config, a
+    request builder and a service: ``build`` the requests, ``send`` each (the shared HTTP
+    transport unless the type has its own way), ``read`` each answer into outcomes."""
 
     name: str
     description: str
+    build: Builder  # mapped records -> requests (see Builder)
     connection: tuple[Param, ...] = ()
     settings: tuple[Param, ...] = ()
     actions: tuple[Action, ...] = ()
     default_options: dict[str, Any] = field(default_factory=dict)
-    build: Builder | None = None  # mapped records -> requests (see Builder)
     # The builder may block (botocore refreshing credentials over the network): the engine
     # runs it in a worker thread instead of on the event loop.
-    blocking_build: bool | Callable[[Any], bool] = False  # or decided per integration
+    blocking_build: bool | Callable[[CompiledIntegration], bool] = False  # or per integration
     read: Reader | None = None  # responses -> per-delivery outcomes; None: by status alone
+    send: Sender | None = None  # a request -> its response; None: the shared HTTP transport
     # Rules that span keys (one of two settings, a template's placeholders, a setting that
     # names a mapped field), checked when the mapping loads: see Checker.
     check: Checker | None = None
+    # A type whose connection holds OAuth2 client-credentials parameters under its own names
+    # (salesforce: instance_url, client_id...) maps them to the form of the http type's
+    # ``connection.auth`` ({type: oauth2_client_credentials, token_url, client_id, ...}); the
+    # delivery engine's token cache then fetches and refreshes tokens for it as for http.
+    oauth2: Callable[[dict[str, Any]], dict[str, Any]] | None = None
 
     def action(self, name: str | None) -> Action | None:
         """The named action; with no name, the only one (None when there are several)."""

@@ -1,10 +1,19 @@
-"""The ``file`` type: append mapped records to a local NDJSON file (local use and the demo)."""
+"""The ``file`` type: append mapped records to a local NDJSON file (local use and the demo).
+
+Its own send step writes the file: the shared HTTP transport knows nothing of files. The built
+request describes the append (method ``APPEND``, a ``file://`` URL, the lines as body), which
+is what ``gateway preview`` shows; sending appends the body and fsyncs the file before the
+deliveries count as delivered.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlsplit
 
 import orjson
 
@@ -13,13 +22,18 @@ from gateway.integrations.base import (
     IntegrationType,
     OutboundRequest,
     Param,
+    Response,
     TokenProvider,
     register,
 )
+from gateway.integrations.transport import SendContext, TransportError
+
+if TYPE_CHECKING:
+    from gateway.mapping.model import CompiledIntegration
 
 
 def build(
-    integration: Any,
+    integration: CompiledIntegration,
     batch: list[tuple[str, dict[str, Any]]],
     *,
     now: float | None = None,
@@ -27,7 +41,7 @@ def build(
 ) -> list[OutboundRequest]:
     """One append of the batch's NDJSON lines: method ``APPEND``, url ``file://<absolute
     path>`` (a relative path is taken from the gateway's working directory), the lines as
-    body. The delivery engine writes and fsyncs; building touches no file."""
+    body. :func:`send` writes and fsyncs; building touches no file."""
     path = os.path.abspath(os.path.expanduser(str(integration.connection.value["path"])))
     body = b"".join(orjson.dumps(fields) + b"\n" for _, fields in batch)
     return [
@@ -39,6 +53,57 @@ def build(
             [d for d, _ in batch],
         )
     ]
+
+
+# One writer a file at a time, so the lines of two batches (two entries appending to the same
+# file) never interleave. Thread locks: the writes run in worker threads, and the locks must
+# not belong to one event loop.
+_locks: dict[str, threading.Lock] = {}
+_locks_guard = threading.Lock()
+
+
+def _lock(path: str) -> threading.Lock:
+    with _locks_guard:
+        return _locks.setdefault(path, threading.Lock())
+
+
+async def send(
+    integration: CompiledIntegration, request: OutboundRequest, ctx: SendContext
+) -> Response:
+    """Append the request's body to its file and fsync it (and a directory it created), off
+    the event loop; a 200 once the lines are on disk. A full disk or a permission error
+    raises :class:`TransportError`: retried like a network error."""
+    if request.method != "APPEND" or not request.url.startswith("file:"):
+        raise TransportError(
+            f"the file type appends to file: URLs, not {request.method} {request.url}"
+        )
+    path = unquote(urlsplit(request.url).path)
+    try:
+        await asyncio.to_thread(_append_fsync, Path(path), request.body)
+    except OSError as exc:
+        raise TransportError(f"cannot append to {path}: {exc.strerror or exc}") from None
+    return Response(200, {}, b"")
+
+
+def _append_fsync(path: Path, body: bytes) -> None:
+    with _lock(str(path)):
+        new_dir = not path.parent.exists()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        try:
+            view = memoryview(body)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if new_dir:
+            dfd = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
 
 
 FILE = register(
@@ -62,5 +127,6 @@ FILE = register(
         ),
         default_options={"batch_size": 100, "concurrency": 1},
         build=build,
+        send=send,
     )
 )

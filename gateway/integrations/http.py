@@ -17,7 +17,7 @@ import hashlib
 import hmac
 import re
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
 
 import orjson
@@ -32,6 +32,9 @@ from gateway.integrations.base import (
     register,
 )
 from gateway.mapping.errors import MappingError
+
+if TYPE_CHECKING:
+    from gateway.mapping.model import CompiledIntegration
 
 _PLACEHOLDER = re.compile(r"\{([A-Za-z0-9_]+)\}")
 AUTH_TYPES = (
@@ -147,7 +150,7 @@ def _pinned_sigv4() -> type:
     """botocore's SigV4Auth signing at a given time (botocore reads its clock in add_auth)."""
     from botocore.auth import SigV4Auth
 
-    class PinnedSigV4Auth(SigV4Auth):
+    class PinnedSigV4Auth(SigV4Auth):  # type: ignore[misc]  # botocore ships no types
         when = ""  # X-Amz-Date form, e.g. 20261122T131200Z
 
         def _modify_request_before_signing(self, request: Any) -> None:
@@ -179,7 +182,7 @@ def _sigv4_headers(
 
 
 def _auth_headers(
-    integration: Any,
+    integration: CompiledIntegration,
     auth: dict[str, Any],
     request: tuple[str, str, dict[str, str], bytes],
     message_id: str,
@@ -239,7 +242,7 @@ def _merge(base: dict[str, str], extra: dict[str, str]) -> dict[str, str]:
 
 
 def build(
-    integration: Any,
+    integration: CompiledIntegration,
     batch: list[tuple[str, dict[str, Any]]],
     *,
     now: float | None = None,

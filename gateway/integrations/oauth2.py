@@ -47,6 +47,17 @@ class _Token:
     expires_at: float  # monotonic
 
 
+def auth_of(integration: Any) -> dict[str, Any]:
+    """The integration's OAuth2 parameters: its type's mapping of its connection (see
+    ``IntegrationType.oauth2``), or ``connection.auth``."""
+    conn = integration.connection.value
+    own = getattr(integration.type, "oauth2", None)
+    if own is not None:
+        return dict(own(conn))
+    auth = conn.get("auth") or {}
+    return auth if isinstance(auth, dict) else {}
+
+
 def _key(auth: dict[str, Any]) -> tuple[str, str, str]:
     return (
         str(auth.get("token_url", "")),
@@ -68,12 +79,11 @@ class TokenCache:
     @staticmethod
     def needs_token(integration: Any) -> bool:
         """Whether the integration's auth is OAuth2 client credentials."""
-        auth = integration.connection.value.get("auth") or {}
-        return auth.get("type") == "oauth2_client_credentials"
+        return auth_of(integration).get("type") == "oauth2_client_credentials"
 
     def get(self, integration: Any) -> str:
         """The cached token (the builder's token provider); :meth:`ensure` must come first."""
-        token = self._tokens.get(_key(integration.connection.value["auth"]))
+        token = self._tokens.get(_key(auth_of(integration)))
         if token is None:
             raise TokenError("no OAuth2 token was fetched", permanent=False)
         return token.value
@@ -82,7 +92,7 @@ class TokenCache:
         """Forget the integration's token (it was refused with a 401). With ``refused``,
         only if the cached token is still that one: many requests refused together, or a
         401 read after another request already fetched a new token, cost one fetch."""
-        key = _key(integration.connection.value["auth"])
+        key = _key(auth_of(integration))
         token = self._tokens.get(key)
         if token is not None and (refused is None or token.value == refused):
             del self._tokens[key]
@@ -100,7 +110,7 @@ class TokenCache:
 
     async def ensure(self, integration: Any, session: aiohttp.ClientSession) -> None:
         """Have a token that is good for a while yet, fetching one if needed."""
-        auth = integration.connection.value["auth"]
+        auth = auth_of(integration)
         key = _key(auth)
         token = self._tokens.get(key)
         if token is not None and token.expires_at > time.monotonic():

@@ -1,19 +1,17 @@
-"""The shared transport: sends an :class:`OutboundRequest` and returns the :class:`Response`.
+"""The shared transport: sends an :class:`OutboundRequest` over HTTP and returns the
+:class:`Response`.
 
 One aiohttp client session for every lane (connection pooling across integrations; each
-lane's own concurrency limit is the delivery engine's). ``file://`` URLs with method
-``APPEND`` append the body to a local file and fsync it, off the event loop. Failures that may
-pass (connection refused or reset, timeouts, a full disk) raise :class:`TransportError`.
+lane's own concurrency limit is the delivery engine's). Failures that may pass (connection
+refused or reset, timeouts) raise :class:`TransportError`. Types whose requests are not HTTP
+requests to send as they are bring their own send step (:class:`gateway.integrations.base.Sender`),
+which gets a :class:`SendContext`: this transport bound to the lane's settings.
 """
 
 from __future__ import annotations
 
-import asyncio
-import os
 import ssl
 from dataclasses import dataclass
-from pathlib import Path
-from urllib.parse import unquote, urlsplit
 
 import aiohttp
 from yarl import URL
@@ -49,9 +47,10 @@ class Transport:
     def __init__(self, *, user_agent: str = "gateway") -> None:
         self._session: aiohttp.ClientSession | None = None
         self._user_agent = user_agent
-        self._file_locks: dict[str, asyncio.Lock] = {}
 
     def client(self) -> aiohttp.ClientSession:
+        """The pooled session (created on first use): the one place outbound connections of
+        every integration are made."""
         if self._session is None or self._session.closed:
             from gateway.integrations.destinations import GuardedConnector
 
@@ -77,8 +76,6 @@ class Transport:
         self, request: OutboundRequest, timeouts: Timeouts, *, verify_tls: bool = True
     ) -> Response:
         """Send one request; raise :class:`TransportError` when no answer came."""
-        if request.url.startswith("file:"):
-            return await self._append(request)
         timeout = aiohttp.ClientTimeout(
             total=timeouts.total, sock_connect=timeouts.connect, sock_read=timeouts.read
         )
@@ -110,37 +107,26 @@ class Transport:
         except OSError as exc:
             raise TransportError(f"connection failed: {exc}") from None
 
-    async def _append(self, request: OutboundRequest) -> Response:
-        if request.method != "APPEND":
-            raise TransportError(f"file URLs take APPEND, not {request.method}")
-        path = unquote(urlsplit(request.url).path)
-        lock = self._file_locks.setdefault(path, asyncio.Lock())
-        async with lock:  # one writer a file, so lines of two batches never interleave
-            try:
-                await asyncio.to_thread(_append_fsync, Path(path), request.body)
-            except OSError as exc:
-                raise TransportError(f"cannot append to {path}: {exc.strerror or exc}") from None
-        return Response(200, {}, b"")
 
+@dataclass(frozen=True, slots=True)
+class SendContext:
+    """What a type's send step works with (:class:`gateway.integrations.base.Sender`): the
+    shared transport and the lane's timeouts and TLS setting."""
 
-def _append_fsync(path: Path, body: bytes) -> None:
-    new_dir = not path.parent.exists()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-    try:
-        view = memoryview(body)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    if new_dir:
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+    transport: Transport
+    timeouts: Timeouts = Timeouts()
+    verify_tls: bool = True
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        """The pooled session, for calls that are not an :class:`OutboundRequest` (a token
+        endpoint's form post, a streamed upload); pass ``timeout`` from :attr:`timeouts`."""
+        return self.transport.client()
+
+    async def http(self, request: OutboundRequest) -> Response:
+        """Send ``request`` over HTTP with the lane's timeouts and TLS setting (what the
+        engine does for types without a send step); raises :class:`TransportError`."""
+        return await self.transport.send(request, self.timeouts, verify_tls=self.verify_tls)
 
 
 def error_text(response: Response) -> str:

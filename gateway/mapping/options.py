@@ -74,7 +74,10 @@ class BreakerOptions(BaseModel):
     )
     cooldown: float = Field(default=30.0, description="Open this long before a probe (30s).")
     max_cooldown: float = Field(
-        default=600.0, description="Each failed probe doubles the cooldown, up to this (10m)."
+        default=600.0, description="Probes that all fail double the cooldown, up to this (10m)."
+    )
+    probes: int = Field(
+        default=5, ge=1, le=100, description="Requests let through half-open, judged by the ratio."
     )
 
     @field_validator("window", "cooldown", "max_cooldown", mode="before")
@@ -123,7 +126,7 @@ class DeliveryOptions(BaseModel):
         default=None, description="Attribute whose equal values are delivered in order."
     )
     destinations: DestinationOptions | None = Field(
-        None, description="This entry's destination policy, within the gateway's."
+        default=None, description="This entry's destination policy, within the gateway's."
     )
 
     @field_validator("rate_limit", mode="before")

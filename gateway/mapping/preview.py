@@ -22,7 +22,7 @@ import re
 import time
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import orjson
 
@@ -78,6 +78,11 @@ def _secret_values(*blocks: Resolved) -> tuple[list[str], list[str]]:
             values.update((value, quote(value, safe=""), quote(value)))
             if _PLACEHOLDER.search(value):
                 fragments.update(part for part in _PLACEHOLDER.split(value) if part)
+            # A secret URL's path is a credential of its own (a Slack webhook's): a type may
+            # send it to another host (connection.base_url: a proxy, a test server).
+            parts = urlsplit(value)
+            if parts.scheme in ("http", "https") and len(parts.path) > 1:
+                fragments.add(parts.path + (f"?{parts.query}" if parts.query else ""))
     return sorted(values, key=len, reverse=True), sorted(fragments, key=len, reverse=True)
 
 
@@ -135,8 +140,6 @@ def _entry(integ: CompiledIntegration, data: dict[str, Any], now: float) -> dict
         entry["error"] = exc.to_dict()
         return entry
     entry["fields"] = fields
-    if integ.type.build is None:
-        return entry
     try:
         requests = integ.type.build(
             integ, [(PREVIEW_DELIVERY_ID, fields)], now=now, tokens=_preview_tokens
