@@ -198,6 +198,8 @@ class SQLiteStore(core.GroupCommitStore):
     """The store in one SQLite file (WAL), with group commit on a dedicated writer thread."""
 
     _purge_idempotency_sql = q.PURGE_IDEM_CHUNK
+    # One SQLite file has one delivering process (gateway.workers: worker 0 only).
+    single_deliverer = True
     _lane_stats_sql = q.LANE_STATS
 
     def __init__(
@@ -692,6 +694,16 @@ class SQLiteStore(core.GroupCommitStore):
 
         replayed: list[str] = await self._write(replay)
         return replayed
+
+    async def release_foreign_leases(self, owner: str, now: float) -> int:
+        """Clear every other owner's lease on a pending delivery (see :class:`base.Store`).
+
+        On SQLite only one process delivers, so when its engine starts, a lease of another
+        owner is a dead process's (SIGKILL, power cut): waiting it out (the whole lease, 60 s
+        by default) would hold back what that process had claimed for nothing. Their due time
+        and attempts stay; a delivery the dead process had sent but not yet recorded is sent
+        again, with the same idempotency key (at least once)."""
+        return await self._execute(q.RELEASE_FOREIGN_LEASES, (now, owner))
 
     async def purge_delivered(self, before: float, limit: int = 5000) -> int:
         """Delete up to ``limit`` old, fully delivered records in one transaction; return how

@@ -82,3 +82,8 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
     applied_at REAL NOT NULL
 )
 """
+# At the start of the one delivering process: every other owner's lease is stale.
+RELEASE_FOREIGN_LEASES = (
+    "UPDATE deliveries SET lease_owner = NULL, lease_expires_at = NULL, updated_at = ? "
+    "WHERE state = 'pending' AND lease_owner IS NOT NULL AND lease_owner <> ?"
+)
