@@ -194,6 +194,30 @@ def _multi_row_sql(head: str, one: str, size: int) -> str:
     return f"{head}VALUES {', '.join([one] * size)}"
 
 
+def _update_rows(conn: sqlite3.Connection, rows: list[Row], now: float) -> set[str]:
+    """Apply delivery updates ``(id, owner, state, next_attempt_at, last_error, last_status,
+    attempt increment, delivered)`` whose lease ``owner`` still holds, up to 64 a statement
+    (one ``UPDATE ... FROM (VALUES ...)``, for the GIL's sake as in :func:`_insert_rows`);
+    return the ids updated."""
+    done: set[str] = set()
+    i, n = 0, len(rows)
+    while i < n:
+        size = _MAX_ROWS
+        while size > n - i:
+            size //= 2
+        chunk = rows[i : i + size]
+        i += size
+        params: list[Any] = [v for row in chunk for v in row]
+        params += [now, now]
+        done.update(r[0] for r in conn.execute(_update_sql(size), params))
+    return done
+
+
+@functools.cache
+def _update_sql(size: int) -> str:
+    return q.UPDATE_DELIVERIES_FROM.format(values=", ".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * size))
+
+
 class SQLiteStore(core.GroupCommitStore):
     """The store in one SQLite file (WAL), with group commit on a dedicated writer thread."""
 
@@ -609,7 +633,10 @@ class SQLiteStore(core.GroupCommitStore):
                 return []
             # Inside BEGIN IMMEDIATE with the only writer: nobody can claim between the
             # SELECT and this UPDATE.
-            c.executemany(q.LEASE, [(owner, expires, now, r[0]) for r in rows])
+            # One statement for the whole claim (executemany steps, and re-takes the GIL, once
+            # a row).
+            ids = orjson.dumps([r[0] for r in rows]).decode()
+            c.execute(q.LEASE_MANY, (owner, expires, now, ids))
             out = []
             for r in rows:
                 d = core.delivery(r)
@@ -629,27 +656,27 @@ class SQLiteStore(core.GroupCommitStore):
 
         def apply(c: sqlite3.Connection) -> int:
             now = time.time()
-            applied = 0
-            attempts = []
-            for u in updates:
-                delivered = u.state == base.DeliveryState.DELIVERED
-                cur = c.execute(
-                    q.UPDATE_DELIVERY,
-                    (str(u.state), u.next_attempt_at, u.last_error, u.last_status,
-                     1 if u.attempt is not None else 0, delivered, now, now, u.delivery_id,
-                     u.lease_owner),
-                )  # fmt: skip
-                if cur.rowcount:
-                    applied += 1
-                    a = u.attempt
-                    if a is not None:
-                        attempts.append(
-                            (u.delivery_id, a.started_at, a.duration_ms, a.status, a.error,
-                             a.mapping_version)
-                        )  # fmt: skip
-            if attempts:
-                c.executemany(q.INSERT_ATTEMPT, attempts)
-            return applied
+            rows = [
+                (u.delivery_id, u.lease_owner, str(u.state), u.next_attempt_at, u.last_error,
+                 u.last_status, 1 if u.attempt is not None else 0,
+                 u.state == base.DeliveryState.DELIVERED)
+                for u in updates
+            ]  # fmt: skip
+            if len({u.delivery_id for u in updates}) == len(updates):
+                done = _update_rows(c, rows, now)
+            else:  # the same delivery twice: one at a time, so the first wins as it always has
+                done = set()
+                for r in rows:
+                    cur = c.execute(q.UPDATE_DELIVERY, (*r[2:7], r[7], now, now, r[0], r[1]))
+                    if cur.rowcount:
+                        done.add(r[0])
+            attempts = [
+                (u.delivery_id, a.started_at, a.duration_ms, a.status, a.error, a.mapping_version)
+                for u in updates
+                if (a := u.attempt) is not None and u.delivery_id in done
+            ]
+            _insert_rows(c, q.INSERT_ATTEMPT, attempts)
+            return len(done)
 
         applied: int = await self._write(apply)
         return applied
