@@ -39,7 +39,7 @@ import stat
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -163,7 +163,7 @@ def apply_migrations(
 _MAX_ROWS = 64
 
 
-def _insert_rows(conn: sqlite3.Connection, sql: str, rows: list[Row]) -> None:
+def _insert_rows(conn: sqlite3.Connection, sql: str, rows: Sequence[Row]) -> None:
     """Insert ``rows`` with ``sql`` (an ``INSERT ... VALUES (?, ...)`` of one row), as few
     statements as possible: chunks of 64, 32, ... 1 rows, one ``VALUES`` list each.
 
@@ -194,7 +194,7 @@ def _multi_row_sql(head: str, one: str, size: int) -> str:
     return f"{head}VALUES {', '.join([one] * size)}"
 
 
-def _update_rows(conn: sqlite3.Connection, rows: list[Row], now: float) -> set[str]:
+def _update_rows(conn: sqlite3.Connection, rows: Sequence[Row], now: float) -> set[str]:
     """Apply delivery updates ``(id, owner, state, next_attempt_at, last_error, last_status,
     attempt increment, delivered)`` whose lease ``owner`` still holds, up to 64 a statement
     (one ``UPDATE ... FROM (VALUES ...)``, for the GIL's sake as in :func:`_insert_rows`);
