@@ -6,6 +6,7 @@ own work: SigV4 verification, validation, idempotency and the durable commit.
 
 from __future__ import annotations
 
+import os
 import sys
 
 import orjson
@@ -22,14 +23,19 @@ async def accept(request: web.Request) -> web.Response:
     )
 
 
+async def healthz(request: web.Request) -> web.Response:
+    return web.Response(text="ok")
+
+
 def main() -> None:
     app = web.Application()
     app.router.add_post("/v1/records", accept)
     app.router.add_post("/v1/records/batch", accept)
+    app.router.add_get("/healthz", healthz)  # compare.py starts it like a gateway
     web.run_app(
         app,
         host="127.0.0.1",
-        port=int(sys.argv[1]),
+        port=int(sys.argv[1] if sys.argv[1:2] != ["serve"] else os.environ["GATEWAY_PORT"]),
         access_log=None,
         print=None,
         loop=uvloop.new_event_loop(),

@@ -21,6 +21,7 @@ from aiohttp import web
 
 from gateway import cli
 from gateway.ingest import api
+from gateway.ingest.body import Held
 from gateway.store.base import IngestResult
 
 ACCEPTED = b'{"id":"rec_x","status":"accepted","integrations":[]}'
@@ -39,7 +40,11 @@ def main() -> int:
 
         async def handler(request: web.Request) -> web.Response:
             ing = request.app[api.INGEST]
-            await api._admit(ing, request, ing.max_body_bytes)
+            held = Held(ing.budget)
+            try:
+                await api._admit(ing, request, ing.max_body_bytes, held)
+            finally:
+                held.release()
             return web.Response(body=ACCEPTED, status=202, content_type="application/json")
 
         api.post_record = handler

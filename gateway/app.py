@@ -87,6 +87,7 @@ async def envelope_and_log(request: web.Request, handler: Handler) -> web.Stream
     """Answer every error in the documented envelope; log one JSON line per request."""
     started = time.perf_counter()
     code = None
+    info = request[logs.REQUEST_INFO] = logs.RequestInfo()
     try:
         response = await handler(request)
     except ApiError as err:
@@ -122,7 +123,6 @@ async def envelope_and_log(request: web.Request, handler: Handler) -> web.Stream
         metrics = request.config_dict.get(METRICS)
         if metrics is not None:
             metrics.request_refused(code)
-    info = logs.info(request)
     if info.headers:
         response.headers.update(info.headers)
     # Probes (a container's HEALTHCHECK every few seconds) would drown the request log.

@@ -101,8 +101,8 @@ def sqlite_store(store: Store, reason: str = "reaches into SQLite internals") ->
 
 @contextlib.asynccontextmanager
 async def writer_paused(store: Store) -> AsyncIterator[None]:
-    """Hold the writer (SQLite's thread, PostgreSQL's task) busy, so writes queue up and land
-    in one later transaction. The pause itself is one commit."""
+    """Hold the writer (SQLite's commit thread, PostgreSQL's task) busy, so writes queue up and
+    land in one later transaction. The pause itself is one commit."""
     if isinstance(store, PostgresStore):
         gate, started = asyncio.Event(), asyncio.Event()
 
@@ -121,12 +121,21 @@ async def writer_paused(store: Store) -> AsyncIterator[None]:
     s = sqlite_store(store)
     gate, started = threading.Event(), threading.Event()
 
-    def block(_conn: sqlite3.Connection) -> None:
+    def block() -> None:
         started.set()
         gate.wait(30)
 
-    blocker = asyncio.create_task(s._write(block))
+    # SQLite's writer runs its statements on the event loop and BEGIN/COMMIT on its commit
+    # thread: hold that thread, and a write that the writer has taken (the pause's own
+    # commit) waits there while later ones queue up.
+    assert s._committer is not None
+    s._committer.submit(block)
     assert await asyncio.to_thread(started.wait, 10)
+    blocker = asyncio.create_task(s._write(lambda _conn: None))
+    for _ in range(1000):
+        await asyncio.sleep(0.001)
+        if not s._queue:
+            break
     try:
         yield
     finally:

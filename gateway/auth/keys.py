@@ -13,7 +13,7 @@ import base64
 import os
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
@@ -108,6 +108,11 @@ class ActiveKey:
     revoked: bool
     rate_limit: float | None
     rate_burst: int | None
+    # SigV4 signing keys derived from this secret, by (date, region, service): the verifier
+    # fills it (SigV4Verifier.verify), and it goes with this object when the entry does.
+    signing_keys: dict[tuple[str, str, str], bytes] = field(
+        default_factory=dict, repr=False, compare=False
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,15 +185,24 @@ class KeyRing:
 
     async def get(self, access_key_id: str) -> ActiveKey | None:
         """The key (possibly revoked), or None when there is no such key."""
+        hit = self.cached(access_key_id)
+        if hit is not None:
+            return hit[0]
+        return await self._refresh(access_key_id)
+
+    def cached(self, access_key_id: str) -> tuple[ActiveKey | None] | None:
+        """The cached answer of :meth:`get` as a 1-tuple, without suspending (starting the
+        background refresh of an ageing entry as :meth:`get` does); None when :meth:`get`
+        must wait for the store. The hot path calls this first and awaits only on a miss."""
         hit = self._cache.get(access_key_id)
         if hit is not None:
             age = time.monotonic() - hit[0]
             if age < self._ttl:
-                return hit[1]
+                return (hit[1],)
             if age < 2 * self._ttl:
                 self._refresh(access_key_id)
-                return hit[1]
-        return await self._refresh(access_key_id)
+                return (hit[1],)
+        return None
 
     def _refresh(self, access_key_id: str) -> asyncio.Future[ActiveKey | None]:
         """The in-flight read of ``access_key_id``, started if none is running."""

@@ -64,7 +64,9 @@ async def authenticate_head(
     sreq = sigv4_request(request, b"")
     try:
         auth = verifier.parse_head(sreq, time.time())
-        key = await keys.get(auth.access_key_id)
+        # A cached key is used without suspending the request (no await on the hot path).
+        hit = keys.cached(auth.access_key_id)
+        key = hit[0] if hit is not None else await keys.get(auth.access_key_id)
         if key is None:
             raise ApiError(
                 401,
@@ -77,7 +79,9 @@ async def authenticate_head(
             )
         declared = verifier.signed_content_sha256(auth)
         if declared is not None:
-            verifier.verify(sreq, auth, key.secret, payload_hash=declared)
+            verifier.verify(
+                sreq, auth, key.secret, payload_hash=declared, signing_keys=key.signing_keys
+            )
     except SigV4Error as exc:
         raise _api_error(exc) from None
     return Claimant(sreq, auth, key, declared is not None)
@@ -93,7 +97,8 @@ def authenticate_body(
     try:
         verifier.check_payload(claimant.auth, body)
         if not claimant.verified:
-            verifier.verify(sreq, claimant.auth, claimant.key.secret)
+            key = claimant.key
+            verifier.verify(sreq, claimant.auth, key.secret, signing_keys=key.signing_keys)
     except SigV4Error as exc:
         raise _api_error(exc) from None
     logs.info(request).access_key_id = claimant.key.access_key_id

@@ -127,6 +127,11 @@ class ParsedAuth:
     # The body hash parse() computed, with the very bytes object it hashed: verify() reuses it
     # only for that same (immutable) object, so a different body can never ride on a stale hash.
     _payload: tuple[bytes, str] | None = field(default=None, repr=False, compare=False)
+    # The canonical header map parse_head built, with the very header list it was built from:
+    # verify() reuses it only for that same list object (one pass over the headers a request).
+    _headers: tuple[list[tuple[str, str]], dict[str, str]] | None = field(
+        default=None, repr=False, compare=False
+    )
 
 
 # -- bytes and text ---------------------------------------------------------------------------
@@ -160,6 +165,14 @@ def _echo(text: str) -> str:
 def canonical_path(raw_path: str) -> str:
     """The canonical URI of a non-S3 request: dot segments and empty segments removed from the
     raw path (as botocore does), then percent-encoded once more with ``/~`` safe."""
+    found = _PATHS.get(raw_path)
+    if found is None:
+        found = _canonical_path(raw_path)
+        _memo_put(_PATHS, raw_path, found)
+    return found
+
+
+def _canonical_path(raw_path: str) -> str:
     if not raw_path:
         return "/"
     path = raw_path
@@ -329,11 +342,43 @@ def signing_key(secret: str, scope_date: str, region: str, service: str) -> byte
     return _DEFAULT_KEYS.get(secret, scope_date, region, service)
 
 
+# -- memoised parses ----------------------------------------------------------------------------
+
+# Producers send the same X-Amz-Date for every request of a second, the same Credential and
+# SignedHeaders for every request of a day, to the same few paths: these pure parses are
+# memoised (successes only: a refusal takes the full path and raises each time). Bounded: a
+# cache that fills up is emptied, so odd input costs at most the uncached path.
+_MEMO_MAX = 512
+_MAX_SCOPES_PER_KEY = 8
+
+
+def _memo_put(cache: dict[str, Any], key: str, value: Any) -> None:
+    if len(cache) >= _MEMO_MAX:
+        cache.clear()
+    cache[key] = value
+
+
+_EPOCHS: dict[str, int | None] = {}
+_CREDENTIALS: dict[str, tuple[str, ...]] = {}
+_SIGNED_HEADERS: dict[str, tuple[str, ...]] = {}
+_PATHS: dict[str, str] = {}
+
+
 # -- dates ------------------------------------------------------------------------------------
 
 
 def _iso_epoch(value: str) -> int | None:
     """Seconds since the epoch for an ISO-8601 basic date (20150830T123600Z), else None."""
+    try:
+        return _EPOCHS[value]
+    except KeyError:
+        pass
+    ts = _parse_iso(value)
+    _memo_put(_EPOCHS, value, ts)  # None too: it is as pure as a date
+    return ts
+
+
+def _parse_iso(value: str) -> int | None:
     m = _ISO_DATE.fullmatch(value)
     if m is None:
         return None
@@ -467,6 +512,7 @@ class SigV4Verifier:
             auth = self._parse_query(query, now)
         self._check_scope(auth)
         self._check_headers(auth, headers)
+        auth._headers = (req.headers, headers)
         return auth
 
     def _parse_header(self, value: str, headers: dict[str, str], now: float) -> ParsedAuth:
@@ -675,6 +721,7 @@ class SigV4Verifier:
         secret_access_key: str,
         *,
         payload_hash: str | None = None,
+        signing_keys: dict[tuple[str, str, str], bytes] | None = None,
     ) -> None:
         """Compute the canonical request and string to sign from the raw request and its body
         bytes, sign with the secret, and compare in constant time. Raises
@@ -682,7 +729,9 @@ class SigV4Verifier:
         ``string_to_sign`` in ``extra``) when the signatures differ.
 
         ``payload_hash`` (from :meth:`signed_content_sha256`) verifies before the body is
-        read; the caller must then hold the body to it with :meth:`check_payload`."""
+        read; the caller must then hold the body to it with :meth:`check_payload`.
+        ``signing_keys``: a dict the caller keeps with this secret (and drops with it), where
+        derived signing keys are cached by scope; without it the verifier's LRU serves them."""
         cached = auth._payload
         if payload_hash is not None:
             pass
@@ -690,12 +739,26 @@ class SigV4Verifier:
             payload_hash = cached[1]
         else:
             payload_hash = hashlib.sha256(req.body).hexdigest()
-        creq = _canonical_request(
-            req, header_map(req.headers), auth.signed_headers, payload_hash, auth.presigned
-        )
+        mapped = auth._headers
+        headers = mapped[1] if mapped is not None and mapped[0] is req.headers else None
+        if headers is None:
+            headers = header_map(req.headers)
+        creq = _canonical_request(req, headers, auth.signed_headers, payload_hash, auth.presigned)
         scope = f"{auth.scope_date}/{auth.region}/{auth.service}/{TERMINATOR}"
         sts = string_to_sign(auth.date, scope, creq)
-        key = self._keys.get(secret_access_key, auth.scope_date, auth.region, auth.service)
+        if signing_keys is not None:
+            # The caller's own cache, kept with the access key: no hashing of the secret to
+            # find the key, one derivation per key and scope (in practice per day).
+            sk = (auth.scope_date, auth.region, auth.service)
+            key = signing_keys.get(sk)
+            if key is None:
+                if len(signing_keys) >= _MAX_SCOPES_PER_KEY:
+                    signing_keys.clear()
+                key = signing_keys[sk] = self._keys.get(
+                    secret_access_key, auth.scope_date, auth.region, auth.service
+                )
+        else:
+            key = self._keys.get(secret_access_key, auth.scope_date, auth.region, auth.service)
         expected = hmac.digest(key, _utf8(sts), "sha256").hex().encode()
         # Bytes on both sides: compare_digest refuses non-ASCII str, and a signature is
         # whatever the client sent.
@@ -741,25 +804,32 @@ def _claims(
     token: str | None,
 ) -> ParsedAuth:
     """The structural checks shared by header and query auth; scope values are checked later."""
-    parts = credential.split("/")
-    if len(parts) != 5 or not all(parts):
-        raise _incomplete(_BAD_CREDENTIAL)
-    if parts[4] != TERMINATOR:
-        raise _scope_error(
-            f"Credential should be scoped with a valid terminator: '{TERMINATOR}', "
-            f"not '{_echo(parts[4])}'."
-        )
+    parts = _CREDENTIALS.get(credential)
+    if parts is None:
+        parts = tuple(credential.split("/"))
+        if len(parts) != 5 or not all(parts):
+            raise _incomplete(_BAD_CREDENTIAL)
+        if parts[4] != TERMINATOR:
+            raise _scope_error(
+                f"Credential should be scoped with a valid terminator: '{TERMINATOR}', "
+                f"not '{_echo(parts[4])}'."
+            )
+        _memo_put(_CREDENTIALS, credential, parts)
     if not _SIGNATURE.fullmatch(signature):
         raise _incomplete(
             "Signature should be 64 hexadecimal characters (the hex HMAC-SHA256 of the string "
             f"to sign), not '{_echo(signature)}'."
         )
-    names = signed_headers.split(";")
-    if not all(_HEADER_NAME.fullmatch(n) for n in names):
-        raise _incomplete(
-            "SignedHeaders must be lower-case header names separated by ';', "
-            f"not '{_echo(signed_headers)}'."
-        )
+    known = _SIGNED_HEADERS.get(signed_headers)
+    if known is None:
+        known = tuple(signed_headers.split(";"))
+        if not all(_HEADER_NAME.fullmatch(n) for n in known):
+            raise _incomplete(
+                "SignedHeaders must be lower-case header names separated by ';', "
+                f"not '{_echo(signed_headers)}'."
+            )
+        _memo_put(_SIGNED_HEADERS, signed_headers, known)
+    names = list(known)  # each request its own list: callers may hold on to it
     return ParsedAuth(
         access_key_id=parts[0],
         date=date,

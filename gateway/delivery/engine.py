@@ -102,8 +102,13 @@ class DeliveryEngine:
 
     # -- life -----------------------------------------------------------------------------
     async def start(self) -> None:
-        """Start claiming. Deliveries leased by a process that died are claimed once their
-        lease expires (at most ``lease_seconds`` after the crash)."""
+        """Start claiming. Deliveries leased by a process that died are claimed at once on a
+        store where only one process delivers (SQLite: its leases are stale by definition),
+        elsewhere once their lease expires (at most ``lease_seconds`` after the crash)."""
+        if self.store.single_deliverer:
+            released = await self.store.release_foreign_leases(self.owner, self._clock())
+            if released:
+                logs.log("delivery_stale_leases_released", owner=self.owner, released=released)
         self._paused = await self.store.paused_lanes()
         self._paused_checked = time.monotonic()
         self._dispatcher = asyncio.create_task(self._dispatch_loop(), name="delivery-dispatcher")

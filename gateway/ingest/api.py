@@ -98,9 +98,12 @@ async def _admit(
 
 
 _UTF8 = frozenset({"utf-8", "utf8"})
+_PLAIN_JSON = frozenset({"application/json", "application/json; charset=utf-8"})
 
 
 def _parse_json(request: web.Request, body: bytes) -> Any:
+    if request.headers.get("Content-Type") in _PLAIN_JSON:
+        return jsonbody.loads(body)  # what nearly every producer sends: nothing to parse
     if "Content-Type" not in request.headers:
         # aiohttp reports a missing Content-Type as application/octet-stream: say it is missing.
         raise ApiError(

@@ -22,6 +22,7 @@ A refused destination raises :class:`DestinationRefused`, a permanent delivery e
 from __future__ import annotations
 
 import contextvars
+import functools
 import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -134,6 +135,22 @@ class Policy:
 
     def refusal(self, addr: str) -> str | None:
         """Why ``addr`` may not be connected to, or None when it may."""
+        if self.entry is None and self.gateway is _gateway_rules:
+            # The common case (no options.destinations): the verdict depends on the address
+            # alone, and is asked again for every request on a pooled connection (parsing
+            # the address and walking the ranges showed in one-a-request delivery profiles).
+            try:
+                return _verdicts[addr]
+            except KeyError:
+                pass
+            why = self._refusal(addr)
+            if len(_verdicts) >= 4096:
+                _verdicts.clear()
+            _verdicts[addr] = why
+            return why
+        return self._refusal(addr)
+
+    def _refusal(self, addr: str) -> str | None:
         try:
             ip: Address = ipaddress.ip_address(addr.split("%", 1)[0])
         except ValueError:
@@ -151,6 +168,8 @@ class Policy:
 
 
 _gateway_rules = Rules(deny=parse_ranges(BUILTIN_DENY))
+# Policy.refusal's answers under _gateway_rules alone, by address; emptied when they change.
+_verdicts: dict[str, str | None] = {}
 _current: contextvars.ContextVar[Policy | None] = contextvars.ContextVar(
     "destination_policy", default=None
 )
@@ -162,6 +181,7 @@ def configure(allow: str | Iterable[str] | None, deny: str | Iterable[str] | Non
     _gateway_rules = Rules(parse_ranges(allow), parse_ranges(deny)).over(
         Rules(deny=parse_ranges(BUILTIN_DENY))
     )
+    _verdicts.clear()
 
 
 def policy_for(options: Any = None) -> Policy:
@@ -249,6 +269,7 @@ class GuardedConnector(aiohttp.TCPConnector):
         return conn
 
 
+@functools.lru_cache(maxsize=1024)  # pure, and asked for every request a host gets
 def _is_ip(host: str) -> bool:
     try:
         ipaddress.ip_address(host.strip("[]").split("%", 1)[0])

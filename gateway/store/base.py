@@ -394,6 +394,17 @@ class Store(abc.ABC):
         state, attempts and last error untouched. Only those still leased to ``owner``;
         returns how many."""
 
+    #: True where only one process delivers from the store (SQLite): a lease held by another
+    #: owner when the delivery engine starts belongs to a process that is gone.
+    single_deliverer: bool = False
+
+    async def release_foreign_leases(self, owner: str, now: float) -> int:
+        """Clear the leases of pending deliveries held by any owner but ``owner`` (due as
+        they were), so they are claimed at once; return how many. Only for a
+        :attr:`single_deliverer` store, at the start of its one delivering process: anywhere
+        else a lease is the rule and this refuses."""
+        raise NotImplementedError("leases are only released at start where one process delivers")
+
     @abc.abstractmethod
     async def reschedule_lane(
         self,

@@ -1,12 +1,15 @@
-"""The SQLite store backend: one file in WAL mode, one writer thread with group commit.
+"""The SQLite store backend: one file in WAL mode, one writer task with group commit.
 
 The queue, group commit and the shared reads are ``gateway.store.core``'s; this module is the
 connection to SQLite. Why this shape:
 
 - SQLite allows one writer at a time, and with ``synchronous=FULL`` every commit costs an
   fsync (milliseconds). Committing each ingest request on its own would cap ingest at a few
-  hundred requests per second. So one dedicated *writer thread* owns the only write connection
-  and commits in groups (see core), in one ``BEGIN IMMEDIATE ... COMMIT``.
+  hundred requests per second. So one *writer task* owns the only write connection and
+  commits in groups (see core), in one ``BEGIN IMMEDIATE ... COMMIT``. The group's statements
+  run on the event loop (a few ms of SQLite's C code; from a thread of their own each of them
+  waited to take the GIL back from the busy loop); only a BEGIN that must wait for another
+  process's write lock, and every COMMIT (its fsync), run on a commit thread.
 - Each write in a group must succeed or fail alone. The writer first tries the whole group
   with one set of ``executemany`` calls (fast: no per-row round trips through Python); if
   that hits a constraint error it rolls back to a savepoint and redoes the group one write per
@@ -15,7 +18,7 @@ connection to SQLite. Why this shape:
   write transaction is open. Reads run on a small thread pool, each thread with its own
   connection, so the event loop never blocks on disk.
 - Every other write (access keys, claims, delivery updates, purges) also goes through the
-  writer thread, so there is exactly one writer and no ``database is locked`` between our
+  writer, so there is exactly one writer and no ``database is locked`` between our
   own connections. They join the same group commit, each in a savepoint of its own: with the
   delivery engine running, claims and updates would otherwise each pay an fsync and starve
   ingest of the writer.
@@ -32,12 +35,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import sqlite3
 import stat
+import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -55,6 +60,8 @@ R = TypeVar("R")
 SYNCHRONOUS_MODES = ("FULL", "NORMAL")
 FILE_MODE = 0o600  # the database and its -wal and -shm files: record data, owner only
 _COMPANIONS = ("", "-wal", "-shm", "-journal")
+WRITER_SWITCH_INTERVAL = 0.0005  # seconds; see SQLiteStore.open
+_BUSY_CODES = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
 
 def _is_unavailable(exc: BaseException) -> bool:
@@ -154,10 +161,73 @@ def apply_migrations(
     return [m.version for m in todo]
 
 
+# Rows a multi-row INSERT takes at most: a power of two, so a group needs at most
+# log2(_MAX_ROWS) + 1 statement shapes per table (the statement cache keeps them prepared) and
+# stays far below SQLite's 32,766 bound variables.
+_MAX_ROWS = 64
+
+
+def _insert_rows(conn: sqlite3.Connection, sql: str, rows: Sequence[Row]) -> None:
+    """Insert ``rows`` with ``sql`` (an ``INSERT ... VALUES (?, ...)`` of one row), as few
+    statements as possible: chunks of 64, 32, ... 1 rows, one ``VALUES`` list each.
+
+    Why not ``executemany``: the sqlite3 module releases and re-takes the GIL for every row it
+    steps, and under load each re-take waits for the busy event loop thread; one statement a
+    chunk takes the GIL back once a chunk (this made ingest's group commit several times
+    slower than SQLite itself under wrk).
+    """
+    if not rows:
+        return
+    head, _, one = sql.rpartition("VALUES")
+    one = one.strip()
+    i, n = 0, len(rows)
+    while i < n:
+        size = _MAX_ROWS
+        while size > n - i:
+            size //= 2
+        chunk = rows[i : i + size]
+        i += size
+        if size == 1:
+            conn.execute(sql, chunk[0])
+            continue
+        conn.execute(_multi_row_sql(head, one, size), [v for row in chunk for v in row])
+
+
+@functools.cache
+def _multi_row_sql(head: str, one: str, size: int) -> str:
+    return f"{head}VALUES {', '.join([one] * size)}"
+
+
+def _update_rows(conn: sqlite3.Connection, rows: Sequence[Row], now: float) -> set[str]:
+    """Apply delivery updates ``(id, owner, state, next_attempt_at, last_error, last_status,
+    attempt increment, delivered)`` whose lease ``owner`` still holds, up to 64 a statement
+    (one ``UPDATE ... FROM (VALUES ...)``, for the GIL's sake as in :func:`_insert_rows`);
+    return the ids updated."""
+    done: set[str] = set()
+    i, n = 0, len(rows)
+    while i < n:
+        size = _MAX_ROWS
+        while size > n - i:
+            size //= 2
+        chunk = rows[i : i + size]
+        i += size
+        params: list[Any] = [v for row in chunk for v in row]
+        params += [now, now]
+        done.update(r[0] for r in conn.execute(_update_sql(size), params))
+    return done
+
+
+@functools.cache
+def _update_sql(size: int) -> str:
+    return q.UPDATE_DELIVERIES_FROM.format(values=", ".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * size))
+
+
 class SQLiteStore(core.GroupCommitStore):
-    """The store in one SQLite file (WAL), with group commit on a dedicated writer thread."""
+    """The store in one SQLite file (WAL), with group commit by one writer task."""
 
     _purge_idempotency_sql = q.PURGE_IDEM_CHUNK
+    # One SQLite file has one delivering process (gateway.workers: worker 0 only).
+    single_deliverer = True
     _lane_stats_sql = q.LANE_STATS
 
     def __init__(
@@ -187,9 +257,15 @@ class SQLiteStore(core.GroupCommitStore):
         self.busy_timeout = busy_timeout
         self._read_threads = read_threads
         self._cond = threading.Condition(threading.Lock())
-        self._guard = self._cond  # the writer thread waits on it for work
-        self._writer: threading.Thread | None = None
-        self._wconn: sqlite3.Connection | None = None  # owned by the writer thread
+        self._guard = self._cond  # guards the queue (callers may be on other threads)
+        self._writer: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the writer task's (open()'s)
+        self._loop_thread = 0  # its thread's ident
+        self._work = asyncio.Event()  # set when the queue has work (on the writer's loop)
+        # BEGIN IMMEDIATE (which may wait for another process's write lock) and COMMIT (the
+        # fsync) run here, never on the event loop.
+        self._committer: ThreadPoolExecutor | None = None
+        self._wconn: sqlite3.Connection | None = None  # the writer task's
         self._readers: ThreadPoolExecutor | None = None
         self._local = threading.local()
         self._reader_conns: list[sqlite3.Connection] = []
@@ -220,7 +296,7 @@ class SQLiteStore(core.GroupCommitStore):
                 conn.execute("PRAGMA cache_size = -32768")  # 32 MiB
             else:
                 # Readers never write; a bug that tried would fail loudly instead of taking
-                # the write lock away from the writer thread.
+                # the write lock away from the writer.
                 conn.execute("PRAGMA query_only = ON")
         except BaseException:
             conn.close()
@@ -259,7 +335,8 @@ class SQLiteStore(core.GroupCommitStore):
         _fsync_dir(self.path.parent)
 
     async def open(self) -> None:
-        """Create the file if needed, apply pending migrations, start the writer thread."""
+        """Create the file if needed, apply pending migrations, start the writer task (on
+        this event loop)."""
         if self._opened or self._closed:
             raise StoreError("a store is opened once; make a new one to reopen")
         try:
@@ -271,18 +348,32 @@ class SQLiteStore(core.GroupCommitStore):
         self._readers = ThreadPoolExecutor(
             max_workers=self._read_threads, thread_name_prefix="store-read"
         )
-        self._writer = threading.Thread(target=self._writer_main, name="store-writer", daemon=True)
+        self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-commit")
+        # The commit thread gives up the GIL around BEGIN and COMMIT and must take it back
+        # from the event loop thread, which (busy) only yields it every switch interval
+        # (5 ms by default). A shorter interval bounds each wait.
+        if sys.getswitchinterval() > WRITER_SWITCH_INTERVAL:
+            sys.setswitchinterval(WRITER_SWITCH_INTERVAL)
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
         with self._cond:
             self._accepting = True
             self._opened = True
-        self._writer.start()
+        self._writer = self._loop.create_task(self._writer_main(), name="store-writer")
 
     async def close(self) -> None:
         """Commit and answer every queued write, then stop the writer and close connections."""
         if not self._stop_accepting():
             return
         if self._writer is not None:
-            await asyncio.to_thread(self._writer.join)
+            if asyncio.get_running_loop() is self._loop:
+                await asyncio.shield(self._writer)
+            else:
+                await asyncio.wrap_future(
+                    asyncio.run_coroutine_threadsafe(_join(self._writer), self._writer.get_loop())
+                )
+        if self._committer is not None:
+            await asyncio.to_thread(self._committer.shutdown, True)
         if self._readers is not None:
             readers = self._readers
             await asyncio.to_thread(readers.shutdown, True)
@@ -293,45 +384,80 @@ class SQLiteStore(core.GroupCommitStore):
             self._reader_conns.clear()
 
     async def ping(self) -> None:
-        """Raise StoreUnavailable unless the writer thread runs and a read succeeds."""
-        if self._writer is None or not self._writer.is_alive():
+        """Raise StoreUnavailable unless the writer task runs and a read succeeds."""
+        if self._writer is None or self._writer.done():
             raise StoreUnavailable("the store's writer is not running")
         await self._fetch("SELECT 1")
 
-    # -- the writer thread ----------------------------------------------------------------
+    # -- the writer task ------------------------------------------------------------------
+    # Why on the event loop: the statements of a group commit are a few ms of SQLite's C code,
+    # but in a thread of their own each of them gave the GIL up and waited to take it back
+    # from the busy event loop, a dozen waits a transaction, so under load most of a commit
+    # was spent waiting (commits of ~10 ms for ~15 records). Now only BEGIN IMMEDIATE and
+    # COMMIT (the lock wait and the fsync) leave the loop.
     def _wake_writer(self) -> None:
-        self._cond.notify()
+        loop = self._loop
+        if loop is None:
+            return
+        if threading.get_ident() == self._loop_thread:
+            self._work.set()
+        else:  # a caller on another thread's loop
+            with contextlib.suppress(RuntimeError):  # the writer's loop is closed
+                loop.call_soon_threadsafe(self._work.set)
 
-    def _writer_main(self) -> None:
+    async def _writer_main(self) -> None:
         """Serve the queue until close. Everything waiting goes into one transaction (one
         fsync): ingest writes in groups, other writes (claims, delivery updates) each in its
         own savepoint, in queue order."""
-        while True:
-            with self._cond:
-                while not self._queue and not self._stopping:
-                    self._cond.wait()
-                if not self._queue:  # stopping, and every queued write has been served
+        try:
+            while True:
+                with self._cond:
+                    batch, n = self._take_batch() if self._queue else ([], 0)
+                    stop = not batch and self._stopping
+                if stop:  # stopping, and every queued write has been served
                     break
-                batch, n = self._take_batch()
-            try:
-                self._run_group(batch)
-            except BaseException as exc:  # a bug: fail these callers, keep the writer alive
-                core.fail(batch, StoreError(f"store writer failed: {exc!r}"))
-            finally:
-                self._served(n)
-            self._answer(batch)
-        if self._wconn is not None:
-            with contextlib.suppress(sqlite3.Error):
-                self._wconn.close()
-            self._wconn = None
+                if not batch:
+                    self._work.clear()
+                    if not self._queue:
+                        await self._work.wait()
+                    continue
+                try:
+                    await self._run_group(batch)
+                except asyncio.CancelledError:
+                    core.fail(batch, StoreUnavailable("the store's writer stopped"))
+                    raise
+                except BaseException as exc:  # a bug: fail these callers, keep the writer
+                    core.fail(batch, StoreError(f"store writer failed: {exc!r}"))
+                finally:
+                    self._served(n)
+                    self._answer(batch)
+        finally:
+            if self._wconn is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    self._wconn.close()
+                self._wconn = None
 
-    @staticmethod
-    def _answer(jobs: list[Job]) -> None:
-        # One wake-up per event loop per group, not one per caller.
+    async def _off_loop(self, fn: Callable[[], R]) -> R:
+        """Run ``fn`` on the commit thread. The write connection is the thread's until it
+        returns: if the writer is cancelled meanwhile, wait for it anyway."""
+        assert self._committer is not None
+        cf = self._committer.submit(fn)
+        try:
+            return await asyncio.wrap_future(cf)
+        except asyncio.CancelledError:
+            with contextlib.suppress(BaseException):
+                cf.result()
+            raise
+
+    def _answer(self, jobs: list[Job]) -> None:
+        # Callers on the writer's loop are answered now; others with one wake-up per loop.
         by_loop: dict[asyncio.AbstractEventLoop, list[Job]] = {}
         for job in jobs:
             by_loop.setdefault(job.loop, []).append(job)
         for loop, its_jobs in by_loop.items():
+            if loop is self._loop:
+                core.resolve(its_jobs)
+                continue
             with contextlib.suppress(RuntimeError):  # that loop is closed: nobody to answer
                 loop.call_soon_threadsafe(core.resolve, its_jobs)
 
@@ -350,14 +476,41 @@ class SQLiteStore(core.GroupCommitStore):
             with contextlib.suppress(sqlite3.Error):
                 conn.close()
 
-    def _transaction(self, body: Callable[[sqlite3.Connection], R]) -> R:
-        """Run ``body`` in BEGIN IMMEDIATE ... COMMIT on the write connection."""
+    def _begin_now(self) -> sqlite3.Connection | None:
+        """BEGIN IMMEDIATE on the loop when the write lock is free (the usual case: one
+        process writes), else None: :meth:`_begin` then waits for it off the loop. The busy
+        timeout is 0 for this one statement, so the loop never waits for a lock."""
+        conn = self._wconn
+        if conn is None:
+            return None
+        conn.execute("PRAGMA busy_timeout = 0")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if getattr(exc, "sqlite_errorcode", None) in _BUSY_CODES:
+                return None
+            raise
+        finally:
+            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+        return conn
+
+    def _begin(self) -> sqlite3.Connection:
+        """BEGIN IMMEDIATE, waiting up to the busy timeout for another process's write lock
+        (on the commit thread)."""
         conn = self._writer_conn()
-        started = time.perf_counter()
         conn.execute("BEGIN IMMEDIATE")
+        return conn
+
+    async def _transaction(self, body: Callable[[sqlite3.Connection], R]) -> R:
+        """Run ``body`` (on the loop) in BEGIN IMMEDIATE ... COMMIT (both on the commit
+        thread) on the write connection."""
+        started = time.perf_counter()
+        conn = self._begin_now()
+        if conn is None:
+            conn = await self._off_loop(self._begin)
         try:
             result = body(conn)
-            conn.execute("COMMIT")
+            await self._off_loop(lambda: conn.execute("COMMIT"))
         except BaseException:
             if conn.in_transaction:
                 with contextlib.suppress(sqlite3.Error):
@@ -366,7 +519,7 @@ class SQLiteStore(core.GroupCommitStore):
         self._observe(time.perf_counter() - started)
         return result
 
-    def _run_group(self, jobs: list[Job]) -> None:
+    async def _run_group(self, jobs: list[Job]) -> None:
         """Apply ``jobs`` in one transaction, in order: runs of ingest writes as groups,
         each other write in a savepoint of its own, so its failure is its caller's alone."""
         started = time.perf_counter()
@@ -386,7 +539,7 @@ class SQLiteStore(core.GroupCommitStore):
                     self._apply_call(conn, job)
 
         try:
-            self._transaction(body)
+            await self._transaction(body)
         except Exception as exc:
             # Nothing of the group is committed: every caller hears why.
             self.stats.failed_transactions += 1
@@ -431,15 +584,13 @@ class SQLiteStore(core.GroupCommitStore):
 
     @staticmethod
     def _insert(conn: sqlite3.Connection, writes: list[base.IngestWrite], now: float) -> None:
-        """Insert the writes' records, deliveries and idempotency entries (executemany)."""
+        """Insert the writes' records, deliveries and idempotency entries, many rows a
+        statement (see :func:`_insert_rows`)."""
         records, deliveries = core.record_params(writes, now)
         idem = [core.idempotency_params(e) for w in writes for e in w.idempotency]
-        if records:
-            conn.executemany(q.INSERT_RECORD, records)
-        if deliveries:
-            conn.executemany(q.INSERT_DELIVERY, deliveries)
-        if idem:
-            conn.executemany(q.INSERT_IDEM, idem)
+        _insert_rows(conn, q.INSERT_RECORD, records)
+        _insert_rows(conn, q.INSERT_DELIVERY, deliveries)
+        _insert_rows(conn, q.INSERT_IDEM, idem)
 
     def _apply_group(self, conn: sqlite3.Connection, jobs: list[IngestJob], now: float) -> bool:
         """Fast path: the whole group in one savepoint. False (and nothing applied) on a
@@ -486,7 +637,7 @@ class SQLiteStore(core.GroupCommitStore):
             job.result = base.IngestResult(committed=True)
 
     async def _execute(self, sql: str, params: Params | Callable[[], Params] = ()) -> int:
-        """Run one statement on the writer thread (in its next group); rows changed."""
+        """Run one statement by the writer (in its next group); rows changed."""
 
         def run(c: sqlite3.Connection) -> int:
             return c.execute(sql, params() if callable(params) else params).rowcount
@@ -563,7 +714,10 @@ class SQLiteStore(core.GroupCommitStore):
                 return []
             # Inside BEGIN IMMEDIATE with the only writer: nobody can claim between the
             # SELECT and this UPDATE.
-            c.executemany(q.LEASE, [(owner, expires, now, r[0]) for r in rows])
+            # One statement for the whole claim (executemany steps, and re-takes the GIL, once
+            # a row).
+            ids = orjson.dumps([r[0] for r in rows]).decode()
+            c.execute(q.LEASE_MANY, (owner, expires, now, ids))
             out = []
             for r in rows:
                 d = core.delivery(r)
@@ -583,27 +737,27 @@ class SQLiteStore(core.GroupCommitStore):
 
         def apply(c: sqlite3.Connection) -> int:
             now = time.time()
-            applied = 0
-            attempts = []
-            for u in updates:
-                delivered = u.state == base.DeliveryState.DELIVERED
-                cur = c.execute(
-                    q.UPDATE_DELIVERY,
-                    (str(u.state), u.next_attempt_at, u.last_error, u.last_status,
-                     1 if u.attempt is not None else 0, delivered, now, now, u.delivery_id,
-                     u.lease_owner),
-                )  # fmt: skip
-                if cur.rowcount:
-                    applied += 1
-                    a = u.attempt
-                    if a is not None:
-                        attempts.append(
-                            (u.delivery_id, a.started_at, a.duration_ms, a.status, a.error,
-                             a.mapping_version)
-                        )  # fmt: skip
-            if attempts:
-                c.executemany(q.INSERT_ATTEMPT, attempts)
-            return applied
+            rows = [
+                (u.delivery_id, u.lease_owner, str(u.state), u.next_attempt_at, u.last_error,
+                 u.last_status, 1 if u.attempt is not None else 0,
+                 u.state == base.DeliveryState.DELIVERED)
+                for u in updates
+            ]  # fmt: skip
+            if len({u.delivery_id for u in updates}) == len(updates):
+                done = _update_rows(c, rows, now)
+            else:  # the same delivery twice: one at a time, so the first wins as it always has
+                done = set()
+                for r in rows:
+                    cur = c.execute(q.UPDATE_DELIVERY, (*r[2:7], r[7], now, now, r[0], r[1]))
+                    if cur.rowcount:
+                        done.add(r[0])
+            attempts = [
+                (u.delivery_id, a.started_at, a.duration_ms, a.status, a.error, a.mapping_version)
+                for u in updates
+                if (a := u.attempt) is not None and u.delivery_id in done
+            ]
+            _insert_rows(c, q.INSERT_ATTEMPT, attempts)
+            return len(done)
 
         applied: int = await self._write(apply)
         return applied
@@ -649,6 +803,16 @@ class SQLiteStore(core.GroupCommitStore):
         replayed: list[str] = await self._write(replay)
         return replayed
 
+    async def release_foreign_leases(self, owner: str, now: float) -> int:
+        """Clear every other owner's lease on a pending delivery (see :class:`base.Store`).
+
+        On SQLite only one process delivers, so when its engine starts, a lease of another
+        owner is a dead process's (SIGKILL, power cut): waiting it out (the whole lease, 60 s
+        by default) would hold back what that process had claimed for nothing. Their due time
+        and attempts stay; a delivery the dead process had sent but not yet recorded is sent
+        again, with the same idempotency key (at least once)."""
+        return await self._execute(q.RELEASE_FOREIGN_LEASES, (now, owner))
+
     async def purge_delivered(self, before: float, limit: int = 5000) -> int:
         """Delete up to ``limit`` old, fully delivered records in one transaction; return how
         many.
@@ -665,3 +829,7 @@ class SQLiteStore(core.GroupCommitStore):
         if limit <= 0:
             return 0
         return await self._execute(q.PURGE_DELIVERED, (core.purge_bound(before), before, limit))
+
+
+async def _join(task: asyncio.Task[None]) -> None:
+    await asyncio.shield(task)

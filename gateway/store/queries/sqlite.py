@@ -34,11 +34,28 @@ CLAIM_SELECT = (
 )
 CLAIM_ORDER = " ORDER BY d.next_attempt_at, d.id LIMIT ?"
 LEASE = "UPDATE deliveries SET lease_owner = ?, lease_expires_at = ?, updated_at = ? WHERE id = ?"
+# A whole claim leased in one statement: the ids as a JSON array.
+LEASE_MANY = (
+    "UPDATE deliveries SET lease_owner = ?, lease_expires_at = ?, updated_at = ? "
+    "WHERE id IN (SELECT value FROM json_each(?))"
+)
 UPDATE_DELIVERY = (
     "UPDATE deliveries SET state = ?, next_attempt_at = ?, last_error = ?, last_status = ?, "
     "attempts = attempts + ?, delivered_at = CASE WHEN ? THEN ? ELSE delivered_at END, "
     "lease_owner = NULL, lease_expires_at = NULL, updated_at = ? "
     "WHERE id = ? AND lease_owner = ?"
+)
+# UPDATE_DELIVERY for many deliveries in one statement ({values}: rows of eight parameters,
+# then the time twice); RETURNING names those whose lease was still the updater's.
+UPDATE_DELIVERIES_FROM = (
+    "WITH u(id, owner, state, next_attempt_at, last_error, last_status, inc, delivered) AS "
+    "(VALUES {values}) "
+    "UPDATE deliveries SET state = u.state, next_attempt_at = u.next_attempt_at, "
+    "last_error = u.last_error, last_status = u.last_status, attempts = attempts + u.inc, "
+    "delivered_at = CASE WHEN u.delivered THEN ? ELSE delivered_at END, "
+    "lease_owner = NULL, lease_expires_at = NULL, updated_at = ? "
+    "FROM u WHERE deliveries.id = u.id AND deliveries.lease_owner = u.owner "
+    "RETURNING deliveries.id"
 )
 INSERT_ATTEMPT = f"INSERT INTO attempts ({ATTEMPT_COLS}) VALUES (?, ?, ?, ?, ?, ?)"
 # Gives a lease back unsent: no attempt, state and last error untouched.
@@ -82,3 +99,8 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
     applied_at REAL NOT NULL
 )
 """
+# At the start of the one delivering process: every other owner's lease is stale.
+RELEASE_FOREIGN_LEASES = (
+    "UPDATE deliveries SET lease_owner = NULL, lease_expires_at = NULL, updated_at = ? "
+    "WHERE state = 'pending' AND lease_owner IS NOT NULL AND lease_owner <> ?"
+)
