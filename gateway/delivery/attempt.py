@@ -86,6 +86,9 @@ class EngineSide(Protocol):
     def recovered(self, lane: Lane) -> None:
         """The lane's breaker closed: what it put off is due now."""
 
+    def notify(self, _records: int = 0) -> None:
+        """Claim now rather than at the next poll (an ordering key's next record is free)."""
+
 
 class Attempts:
     """Runs the engine's attempts: map, build, send, read, feed the lane, record."""
@@ -426,6 +429,13 @@ class Attempts:
             await asyncio.sleep(delay)
             try:
                 await self.store.update_deliveries(updates)
+                if any(
+                    u.state != DeliveryState.PENDING and it.claimed.delivery.ordering_key
+                    for u, it in zip(updates, items, strict=True)
+                ):
+                    # Per-key ordering: the next record of these keys is the head now; claim
+                    # it at once rather than at the next poll.
+                    self._engine.notify()
                 return
             except StoreError as exc:
                 logs.log("delivery_record_failed", "warning", error=str(exc), retry_in=delay)

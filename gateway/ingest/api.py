@@ -27,6 +27,7 @@ from gateway.ingest.body import BodyBudget, Held, content_encoding, decode, read
 from gateway.ingest.ratelimit import KeyedLimiter
 from gateway.ingest.validate import MAX_LISTED, Limits, validate_record
 from gateway.integrations.redact import for_producer
+from gateway.mapping import ordering
 from gateway.mapping.loader import MappingRegistry
 from gateway.store.base import (
     Delivery,
@@ -264,6 +265,7 @@ async def _post_record(ing: Ingest, request: web.Request, held: Held) -> web.Res
     group_key, data, integrations, version = _check_record(ing, principal, obj)
     logs.info(request).group_key = group_key
     rec = _new_record(principal, group_key, data, integrations, version, time.time())
+    ordering.stamp(rec, ing.mappings.get(group_key), data)  # per-key ordering
     logs.info(request).record_id = rec.id
     answer = {"id": rec.id, "status": "accepted", "integrations": integrations}
     return await _commit(ing, request, principal, [rec], 202, answer, keys, req_hash)
@@ -316,6 +318,7 @@ async def _post_batch(ing: Ingest, request: web.Request, held: Held) -> web.Resp
             )
             continue
         rec = _new_record(principal, group_key, data, integrations, version, now)
+        ordering.stamp(rec, ing.mappings.get(group_key), data)  # per-key ordering
         records.append(rec)
         results.append(
             {"index": index, "status": "accepted", "id": rec.id, "integrations": integrations}

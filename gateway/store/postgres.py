@@ -609,6 +609,7 @@ class PostgresStore(core.GroupCommitStore):
         dgroup: list[str] = []
         dinteg: list[str] = []
         dat: list[float] = []
+        ordered: list[tuple[str, str, str, str, float, str, int]] = []  # per-key ordering
         idem: dict[Key, IdempotencyEntry] = {}
         for w in writes:
             for r in w.records:
@@ -618,6 +619,25 @@ class PostgresStore(core.GroupCommitStore):
                 rdata.append(r.data_json)
                 rat.append(r.received_at)
                 rver.append(r.mapping_version)
+                if r.ordering:
+                    # Ordered deliveries go in their own statement (below); the rest as usual.
+                    integs: list[str] = []
+                    for d, integ, key in zip(
+                        r.delivery_ids, r.integrations, r.ordering, strict=True
+                    ):
+                        if key is None:
+                            integs.append(integ)
+                            did.append(d)
+                        else:
+                            ordered.append(
+                                (d, r.id, r.group_key, integ, r.received_at, key[0], int(key[1]))
+                            )
+                    for integ in integs:
+                        drec.append(r.id)
+                        dgroup.append(r.group_key)
+                        dinteg.append(integ)
+                        dat.append(r.received_at)
+                    continue
                 for d, integ in zip(r.delivery_ids, r.integrations, strict=True):
                     did.append(d)
                     drec.append(r.id)
@@ -652,6 +672,11 @@ class PostgresStore(core.GroupCommitStore):
             [e.created_at for e in entries],
             [e.expires_at for e in entries],
         )
+        if ordered:
+            cols = list(zip(*ordered, strict=True))
+            await conn.execute(
+                q.INSERT_ORDERED_DELIVERIES, *[list(c) for c in cols[:5]], now, *map(list, cols[5:])
+            )
         return {(r[0], r[1]) for r in rows}
 
     async def _apply_group(
@@ -736,7 +761,12 @@ class PostgresStore(core.GroupCommitStore):
         sql = q.CLAIM.format(where=numbered(" AND ".join(where), 5))
         args = [claim.now, claim.limit, claim.owner, claim.expires, *params]
         rows = await self._tx(lambda c: c.fetch(sql, *args), transaction=False)
-        return [ClaimedDelivery(core.delivery(r), bytes(r[14]), r[15]) for r in rows]
+        out = []
+        for r in rows:
+            d = core.delivery(r)
+            d.ordering_key = r[16]
+            out.append(ClaimedDelivery(d, bytes(r[14]), r[15]))
+        return out
 
     async def update_deliveries(self, updates: list[DeliveryUpdate]) -> int:
         """Apply the updates whose lease is still held, in one statement; return how many."""

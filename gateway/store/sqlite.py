@@ -432,12 +432,15 @@ class SQLiteStore(core.GroupCommitStore):
     @staticmethod
     def _insert(conn: sqlite3.Connection, writes: list[base.IngestWrite], now: float) -> None:
         """Insert the writes' records, deliveries and idempotency entries (executemany)."""
-        records, deliveries = core.record_params(writes, now)
+        ordered: list[Row] = []
+        records, deliveries = core.record_params(writes, now, ordered)
         idem = [core.idempotency_params(e) for w in writes for e in w.idempotency]
         if records:
             conn.executemany(q.INSERT_RECORD, records)
         if deliveries:
             conn.executemany(q.INSERT_DELIVERY, deliveries)
+        if ordered:
+            conn.executemany(q.INSERT_ORDERED_DELIVERY, ordered)
         if idem:
             conn.executemany(q.INSERT_IDEM, idem)
 
@@ -570,6 +573,7 @@ class SQLiteStore(core.GroupCommitStore):
                 d.lease_owner = owner
                 d.lease_expires_at = expires
                 d.updated_at = now
+                d.ordering_key = r[16]
                 out.append(base.ClaimedDelivery(d, bytes(r[14]), r[15]))
             return out
 

@@ -74,3 +74,41 @@ SCHEMA_MIGRATIONS_VERSIONS = "SELECT version FROM schema_migrations"
 INSERT_SCHEMA_MIGRATION = (
     "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)"
 )
+
+# -- per-key ordering (options.ordering_key) ---------------------------------------------------
+# Ordered deliveries carry their key and whether they hold it when dead (ordering_on_dead:
+# block); unordered ones take the columns' defaults (NULL, 0) through DELIVERY_INSERT_COLS, so
+# the hot insert is unchanged for lanes without ordering.
+ORDERED_DELIVERY_INSERT_COLS = DELIVERY_INSERT_COLS + ", ordering_key, ordering_block"
+# A delivery that holds its key: every later one of its lane and key waits. Spelled exactly as
+# the partial index deliveries_key_holders (migration 0003_ordering), so both planners use it.
+HOLDS_KEY = "(e.state = 'pending' OR (e.state = 'dead' AND e.ordering_block = 1))"
+
+
+def is_head(outer: str) -> str:
+    """The claim condition of per-key ordering, on the delivery ``outer`` (a table name or
+    alias): unordered, or no earlier delivery of its lane and key holds the key. Earlier is
+    record order: ``created_at`` (the record's ``received_at``), ties by id."""
+    d = outer
+    return (
+        f"({d}.ordering_key IS NULL OR NOT EXISTS (SELECT 1 FROM deliveries e "
+        f"WHERE e.group_key = {d}.group_key AND e.integration = {d}.integration "
+        f"AND e.ordering_key = {d}.ordering_key AND {HOLDS_KEY} "
+        f"AND (e.created_at, e.id) < ({d}.created_at, {d}.id)))"
+    )
+
+
+# Keys held by a dead delivery (ordering_on_dead: block): per lane and key, the oldest dead
+# delivery and how many deliveries of the key wait behind it. Parameter: a row limit.
+BLOCKED_KEYS = (
+    "SELECT e.group_key, e.integration, e.ordering_key, e.record_id, e.id, e.created_at, "
+    "(SELECT count(*) FROM deliveries w WHERE w.group_key = e.group_key "
+    "AND w.integration = e.integration AND w.ordering_key = e.ordering_key "
+    "AND w.state = 'pending') "
+    "FROM deliveries e WHERE e.ordering_key IS NOT NULL AND " + HOLDS_KEY + " "
+    "AND e.state = 'dead' AND NOT EXISTS (SELECT 1 FROM deliveries f "
+    "WHERE f.group_key = e.group_key AND f.integration = e.integration "
+    "AND f.ordering_key = e.ordering_key AND f.state = 'dead' AND f.ordering_block = 1 "
+    "AND (f.created_at, f.id) < (e.created_at, e.id)) "
+    "ORDER BY e.group_key, e.integration, e.created_at, e.id LIMIT ?"
+)
