@@ -9,7 +9,6 @@ from __future__ import annotations
 import random
 import time
 
-
 _last = [0, 0]  # the last id made with the clock: [milliseconds, random part]
 _RANDOM_TOP = 1 << 80
 

@@ -103,7 +103,9 @@ def stamp(record: NewRecord, mapping: CompiledMapping | None, data: Mapping[str,
         record.ordering = out
 
 
-def check(mapping: CompiledMapping, errors: ErrorCollector, paths: dict[str, tuple[Any, ...]]) -> None:
+def check(
+    mapping: CompiledMapping, errors: ErrorCollector, paths: dict[str, tuple[Any, ...]]
+) -> None:
     """``gateway check``: an ordering key must name a mapped field of its entry or an
     attribute the mapping file reads (in a field's source or a condition). ``paths`` gives
     each entry's key path in the file."""

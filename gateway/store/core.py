@@ -270,9 +270,7 @@ def record_params(
             )
             at = r.received_at
             if r.ordering and ordered is not None:
-                for did, integ, key in zip(
-                    r.delivery_ids, r.integrations, r.ordering, strict=True
-                ):
+                for did, integ, key in zip(r.delivery_ids, r.integrations, r.ordering, strict=True):
                     if key is None:
                         deliveries.append((did, r.id, r.group_key, integ, at, at, now))
                     else:
