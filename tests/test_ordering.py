@@ -405,3 +405,28 @@ async def test_a_dead_record_holds_only_its_own_key(tmp_path: Path, on_dead: str
     finally:
         await rig.close()
         await rx.stop()
+
+
+def _sqs(options: str) -> Any:
+    import yaml
+
+    text = f"""
+group_key: g
+integrations:
+  - name: q
+    type: aws_sqs
+    connection:
+      queue_url: "http://127.0.0.1:9/123456789012/orders.fifo"
+      region: eu-north-1
+    fields: {{email: epost, n: n}}
+    options: {{{options}}}
+"""
+    return compile_mapping(yaml.safe_load(text), text.encode(), expected_group="g")
+
+
+def test_a_fifo_queue_groups_by_the_ordering_key_by_default() -> None:
+    m = _sqs("ordering_key: email")
+    assert m.integrations[0].settings.value["message_group_id"] == "email"
+    with pytest.raises(SpecErrors) as err:
+        _sqs("concurrency: 2")  # neither a group nor an ordering key
+    assert [e.path[-1] for e in err.value.errors] == ["message_group_id"]

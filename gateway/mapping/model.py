@@ -244,6 +244,8 @@ def _compile_entry(
         errors.add((*base, "action"), f"{what} (actions: {names})")
         return None
     _check_params(entry.connection, decl.connection, (*base, "connection"), errors)
+    # Per-key ordering: a FIFO target groups by the ordering key unless told otherwise.
+    entry.settings = ordering.fifo_default(entry.settings, decl.settings + action.settings, entry)
     _check_params(entry.settings, decl.settings + action.settings, (*base, "settings"), errors)
     if decl.check is not None:
         for where, message in decl.check(entry.connection, entry.settings, list(entry.fields)):

@@ -21,7 +21,8 @@ from gateway.mapping.errors import ErrorCollector, MappingError
 from gateway.mapping.sources import MISSING
 
 if TYPE_CHECKING:
-    from gateway.mapping.model import CompiledIntegration, CompiledMapping, MappedField
+    from gateway.integrations.base import Param
+    from gateway.mapping.model import CompiledIntegration, CompiledMapping, EntrySpec, MappedField
     from gateway.store.base import NewRecord
 
 
@@ -101,6 +102,28 @@ def stamp(record: NewRecord, mapping: CompiledMapping | None, data: Mapping[str,
         out.append(None if key is None else (key, spec.block if spec else False))
     if any(k is not None for k in out):
         record.ordering = out
+
+
+#: The setting through which AWS FIFO queues and topics take their MessageGroupId field.
+GROUP_SETTING = "message_group_id"
+
+
+def fifo_default(
+    settings: dict[str, Any], declared: tuple[Param, ...], entry: EntrySpec
+) -> dict[str, Any]:
+    """An entry's settings with ``message_group_id`` defaulting to its ordering key: a type
+    that takes a message group (SQS and SNS FIFO) groups by the key that orders it, so AWS
+    keeps the order the gateway sends in. Only when the key names a mapped field (the group
+    id is a mapped field's value) and the entry sets no group of its own."""
+    name = entry.options.ordering_key
+    if (
+        name is None
+        or settings.get(GROUP_SETTING)
+        or name not in entry.fields
+        or not any(p.name == GROUP_SETTING for p in declared)
+    ):
+        return settings
+    return {**settings, GROUP_SETTING: name}
 
 
 def check(
