@@ -86,8 +86,8 @@ class EngineSide(Protocol):
     def recovered(self, lane: Lane) -> None:
         """The lane's breaker closed: what it put off is due now."""
 
-    def notify(self, _records: int = 0) -> None:
-        """Claim now rather than at the next poll (an ordering key's next record is free)."""
+    def heads_freed(self) -> None:
+        """Ordered deliveries settled: their keys' next records can be claimed."""
 
 
 class Attempts:
@@ -433,9 +433,8 @@ class Attempts:
                     u.state != DeliveryState.PENDING and it.claimed.delivery.ordering_key
                     for u, it in zip(updates, items, strict=True)
                 ):
-                    # Per-key ordering: the next record of these keys is the head now; claim
-                    # it at once rather than at the next poll.
-                    self._engine.notify()
+                    # Per-key ordering: the next record of these keys is the head now.
+                    self._engine.heads_freed()
                 return
             except StoreError as exc:
                 logs.log("delivery_record_failed", "warning", error=str(exc), retry_in=delay)

@@ -203,6 +203,15 @@ class DeliveryEngine:
         """The lane's breaker closed: bring what it put off forward."""
         self._spawn(self._recovered(lane))
 
+    def heads_freed(self) -> None:
+        """Ordered deliveries settled, so their keys' next records are claimable (per-key
+        ordering: a claim only takes the head of each key). Claim at once when the engine is
+        running low on work; while it holds plenty, the next claim (when it runs low, or at
+        the poll) takes them: a claim per settled delivery would cost a store transaction each
+        and starve the sending."""
+        if self._in_hand <= max(self.settings.claim_batch // 4, 1):
+            self._wake.set()
+
     # -- dispatcher -----------------------------------------------------------------------
     async def _dispatch_loop(self) -> None:
         s = self.settings
