@@ -119,7 +119,7 @@ async def one_run(
     return {"config": name, "keys": keys, "records": got, "seconds": seconds, "rate": got / seconds}
 
 
-async def main_async(args: argparse.Namespace) -> str:
+async def main_async(args: argparse.Namespace, commit: str) -> str:
     sink = Sink()
     rows: list[list[dict]] = []
     offset = 0
@@ -142,9 +142,6 @@ async def main_async(args: argparse.Namespace) -> str:
             rows.append(sorted(got, key=lambda r: list(CONFIGS).index(r["config"])))
     finally:
         sink.stop()
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE
-    ).stdout.strip()
     out = [
         f"# Ordering benchmark {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
         "",
@@ -175,7 +172,10 @@ def main() -> None:
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--timeout", type=float, default=300)
     args = p.parse_args()
-    report = asyncio.run(main_async(args))
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE
+    ).stdout.strip()
+    report = asyncio.run(main_async(args, commit))
     results = HERE / "results"
     results.mkdir(exist_ok=True)
     path = results / f"ordering-{datetime.now(UTC):%Y%m%d-%H%M}.md"
