@@ -63,7 +63,10 @@ def numbers(claimed: list[ClaimedDelivery]) -> list[int]:
 async def settle(store: Store, c: ClaimedDelivery, state: DeliveryState, at: float) -> None:
     owner = c.delivery.lease_owner
     assert owner is not None
-    applied = await store.update_deliveries([DeliveryUpdate(c.delivery.id, owner, state, at)])
+    update = DeliveryUpdate(
+        c.delivery.id, owner, state, at, ordered=c.delivery.ordering_key is not None
+    )
+    applied = await store.update_deliveries([update])
     assert applied == 1
 
 
@@ -239,9 +242,15 @@ class ClaimMachine(RuleBasedStateMachine):
         owner = c.delivery.lease_owner
         assert owner is not None
         at = self.now + (0.5 if outcome == DeliveryState.PENDING else 0.0)
-        applied = self.run(self.store.update_deliveries([DeliveryUpdate(did, owner, outcome, at)]))
+        update = DeliveryUpdate(did, owner, outcome, at, ordered=True)
+        applied = self.run(self.store.update_deliveries([update]))
         if applied:  # a lease another owner took since is not ours to settle
             self.state[did] = outcome
+
+    @rule()
+    def sweep(self) -> None:
+        assert self.store is not None
+        self.run(self.store.unpark_heads(self.now))
 
     @rule(seconds=st.sampled_from([0.3, 2.0, 6.0]))
     def time_passes(self, seconds: float) -> None:
@@ -430,3 +439,18 @@ def test_a_fifo_queue_groups_by_the_ordering_key_by_default() -> None:
     with pytest.raises(SpecErrors) as err:
         _sqs("concurrency: 2")  # neither a group nor an ordering key
     assert [e.path[-1] for e in err.value.errors] == ["message_group_id"]
+
+
+async def test_the_sweep_brings_back_a_parked_head_whose_release_was_lost(store: Store) -> None:
+    t = time.time() - 5
+    await store.commit_ingest(IngestWrite([ordered_rec("k", at=t, n=1)]))
+    await store.commit_ingest(IngestWrite([ordered_rec("k", at=t + 1, n=2)]))
+    (head,) = await claim(store, "w", time.time())  # passes over record 2: parks it
+    owner = head.delivery.lease_owner
+    assert owner is not None
+    # Settled without bringing the next back (a process died between the two statements).
+    update = DeliveryUpdate(head.delivery.id, owner, DeliveryState.DELIVERED, time.time())
+    assert await store.update_deliveries([update]) == 1
+    assert await claim(store, "w", time.time()) == []
+    assert await store.unpark_heads(time.time()) == 1
+    assert numbers(await claim(store, "w", time.time())) == [2]

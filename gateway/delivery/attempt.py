@@ -416,7 +416,18 @@ class Attempts:
                     state, at = DeliveryState.PENDING, retry_at
                     c.retried += 1
                 c.last_error, c.last_error_at = error, now
-            updates.append(DeliveryUpdate(d.id, self.owner, state, at, error, o.status, attempt))
+            updates.append(
+                DeliveryUpdate(
+                    d.id,
+                    self.owner,
+                    state,
+                    at,
+                    error,
+                    o.status,
+                    attempt,
+                    d.ordering_key is not None,
+                )
+            )
         lane.finished(duration_ms / 1000)
         states = [u.state for u in updates]
         self.hooks.settled(

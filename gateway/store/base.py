@@ -168,6 +168,7 @@ class DeliveryUpdate:
     last_error: str | None = None
     last_status: int | None = None
     attempt: Attempt | None = None
+    ordered: bool = False  # the delivery has an ordering key (its settling frees the next)
 
 
 @dataclass(slots=True)
@@ -209,7 +210,7 @@ class LaneStats:
 @dataclass(slots=True)
 class BlockedKey:
     """An ordering key held by a dead delivery (``ordering_on_dead: block``): its later
-    deliveries wait until that one is replayed (or its record purged)."""
+    deliveries wait until that one is replayed."""
 
     group_key: str
     integration: str
@@ -363,6 +364,11 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def lane_stats(self, now: float) -> list[LaneStats]:
         """Per lane with any pending or dead delivery: counts and the oldest pending."""
+
+    async def unpark_heads(self, now: float) -> int:
+        """Per-key ordering's safety net: make every parked delivery that is the head of its
+        key due at ``now``; return how many."""
+        return 0
 
     async def blocked_keys(self, limit: int = 1000) -> list[BlockedKey]:
         """Ordering keys held by a dead delivery, per lane, oldest first (at most ``limit``)."""

@@ -787,6 +787,12 @@ class GroupCommitStore(Store):
 
     _lane_stats_sql: tuple[str, ...]  # the dialect's, each with ``now`` for its every ``?``
 
+    async def unpark_heads(self, now: float) -> int:
+        """Make every parked delivery that heads its key due again (one statement): the
+        engine's periodic safety net behind the unparking done as heads settle. ``now`` is
+        unused: they are due since they were received."""
+        return await self._execute(queries.UNPARK_HEADS)
+
     async def blocked_keys(self, limit: int = 1000) -> list[BlockedKey]:
         """Ordering keys held by a dead delivery (``ordering_on_dead: block``), by lane then
         age: the oldest dead record of each and how many deliveries wait behind it."""

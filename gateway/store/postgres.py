@@ -761,6 +761,10 @@ class PostgresStore(core.GroupCommitStore):
         sql = q.CLAIM.format(where=numbered(" AND ".join(where), 5))
         args = [claim.now, claim.limit, claim.owner, claim.expires, *params]
         rows = await self._tx(lambda c: c.fetch(sql, *args), transaction=False)
+        if len(rows) < claim.limit:
+            # The claim walked the whole due range: park the ordered deliveries it passed
+            # over (not the head of their key), so the next claims need not (per-key ordering).
+            await self._execute(queries.PARK_FOLLOWERS, (claim.now, claim.now))
         out = []
         for r in rows:
             d = core.delivery(r)
@@ -806,7 +810,13 @@ class PostgresStore(core.GroupCommitStore):
             )
             return applied
 
-        return await self._tx(apply, transaction=False)
+        applied = await self._tx(apply, transaction=False)
+        settled = [u.delivery_id for u in todo if u.ordered and u.state != DeliveryState.PENDING]
+        if settled:
+            # Per-key ordering: their keys' next deliveries, if parked, are due now. Apart from
+            # the update: if this is lost, the engine's sweep (unpark_heads) brings them back.
+            await self._execute(q.UNPARK_NEXT, (settled,))
+        return applied
 
     # -- the delivery engine --------------------------------------------------------------
     async def release_deliveries(self, owner: str, ids: list[str], at: float) -> int:

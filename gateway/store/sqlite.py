@@ -558,15 +558,20 @@ class SQLiteStore(core.GroupCommitStore):
         where, params = core.claim_where(claim, prefix="d.")
         params.append(claim.limit)
         sql = q.CLAIM_SELECT + " AND ".join(where) + q.CLAIM_ORDER
-        owner, expires, now = claim.owner, claim.expires, claim.now
+        owner, expires, now, limit = claim.owner, claim.expires, claim.now, claim.limit
 
         def lease(c: sqlite3.Connection) -> list[base.ClaimedDelivery]:
             rows = c.execute(sql, params).fetchall()
             if not rows:
+                c.execute(q.PARK_FOLLOWERS, (now, now))
                 return []
             # Inside BEGIN IMMEDIATE with the only writer: nobody can claim between the
             # SELECT and this UPDATE.
             c.executemany(q.LEASE, [(owner, expires, now, r[0]) for r in rows])
+            if len(rows) < limit:
+                # The claim walked the whole due range: park the ordered deliveries it passed
+                # over (not the head of their key), so the next claims need not.
+                c.execute(q.PARK_FOLLOWERS, (now, now))
             out = []
             for r in rows:
                 d = core.delivery(r)
@@ -607,6 +612,14 @@ class SQLiteStore(core.GroupCommitStore):
                         )  # fmt: skip
             if attempts:
                 c.executemany(q.INSERT_ATTEMPT, attempts)
+            settled = [
+                u.delivery_id
+                for u in updates
+                if u.ordered and u.state != base.DeliveryState.PENDING
+            ]
+            if settled:
+                # Per-key ordering: their keys' next deliveries, if parked, are due now.
+                c.execute(q.UNPARK_NEXT, (orjson.dumps(settled).decode(),))
             return applied
 
         applied: int = await self._write(apply)

@@ -80,9 +80,16 @@ INSERT_SCHEMA_MIGRATION = (
 # block); unordered ones take the columns' defaults (NULL, 0) through DELIVERY_INSERT_COLS, so
 # the hot insert is unchanged for lanes without ordering.
 ORDERED_DELIVERY_INSERT_COLS = DELIVERY_INSERT_COLS + ", ordering_key, ordering_block"
-# A delivery that holds its key: every later one of its lane and key waits. Spelled exactly as
-# the partial index deliveries_key_holders (migration 0003_ordering), so both planners use it.
-HOLDS_KEY = "(e.state = 'pending' OR (e.state = 'dead' AND e.ordering_block = 1))"
+
+
+def holds(alias: str) -> str:
+    """A delivery that holds its key: every later one of its lane and key waits. Spelled as
+    the partial index deliveries_key_holders (migration 0003_ordering), so planners use it."""
+    a = alias
+    return f"({a}.state = 'pending' OR ({a}.state = 'dead' AND {a}.ordering_block = 1))"
+
+
+HOLDS_KEY = holds("e")
 
 
 def is_head(outer: str) -> str:
@@ -95,6 +102,51 @@ def is_head(outer: str) -> str:
         f"WHERE e.group_key = {d}.group_key AND e.integration = {d}.integration "
         f"AND e.ordering_key = {d}.ordering_key AND {HOLDS_KEY} "
         f"AND (e.created_at, e.id) < ({d}.created_at, {d}.id)))"
+    )
+
+
+# Parking: a pending ordered delivery that is not the head of its key is moved out of the due
+# range (next_attempt_at = PARKED_AT) when a claim walks past it, so later claims do not walk
+# past it again (a claim otherwise rereads the whole backlog of keys in flight each time). The
+# delivery settling its key's head brings the next one back (UNPARK_NEXT, same transaction),
+# and a periodic sweep (UNPARK_HEADS) catches any a race between processes left parked.
+PARKED_AT = 1.0e15  # seconds since the epoch: never due
+_ORDERED_PENDING = "d.ordering_key IS NOT NULL AND " + holds("d") + " AND d.state = 'pending' "
+# A parked delivery comes back due since it was received (created_at): it was held, not
+# failing, and the oldest due go first.
+
+
+def park_followers(indexed_by: str = "") -> str:
+    """The statement parking the ordered deliveries a claim passed over: due, unleased, not
+    the head of their key. Parameters: now (due), now (lease). ``indexed_by``: SQLite's hint
+    to walk the ordered deliveries (deliveries_key_holders), not every due one."""
+    return (
+        f"UPDATE deliveries SET next_attempt_at = {PARKED_AT:.0f} WHERE id IN (SELECT d.id "
+        f"FROM deliveries d {indexed_by} WHERE {_ORDERED_PENDING}AND d.next_attempt_at <= ? "
+        "AND (d.lease_expires_at IS NULL OR d.lease_expires_at <= ?) AND NOT " + is_head("d") + ")"
+    )
+
+
+PARK_FOLLOWERS = park_followers()
+# The sweep brings back every parked delivery that heads its key (no parameters).
+UNPARK_HEADS = (
+    "UPDATE deliveries SET next_attempt_at = created_at WHERE id IN (SELECT d.id FROM "
+    f"deliveries d WHERE {_ORDERED_PENDING}AND d.next_attempt_at >= {PARKED_AT:.0f} AND "
+    + is_head("d")
+    + ")"
+)
+
+
+def unpark_next(settled: str) -> str:
+    """Bring back the next delivery of the key of each settled delivery (``settled``: a
+    condition on ``s.id``, the dialect's way of saying "one of these ids"), if it is parked and
+    now the head. Parameters: ``settled``'s."""
+    return (
+        "UPDATE deliveries SET next_attempt_at = created_at WHERE state = 'pending' "
+        f"AND next_attempt_at >= {PARKED_AT:.0f} AND id IN (SELECT (SELECT e.id FROM "
+        "deliveries e WHERE e.group_key = s.group_key AND e.integration = s.integration "
+        f"AND e.ordering_key = s.ordering_key AND {HOLDS_KEY} ORDER BY e.created_at, e.id "
+        f"LIMIT 1) FROM deliveries s WHERE s.ordering_key IS NOT NULL AND {settled})"
     )
 
 

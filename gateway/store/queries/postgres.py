@@ -8,6 +8,7 @@ from gateway.store.queries import (
     ORDERED_DELIVERY_INSERT_COLS,
     RECORD_INSERT_COLS,
     delivery_cols,
+    unpark_next,
 )
 
 SELECT_IDEM_MANY = (
@@ -72,6 +73,8 @@ UPDATE_DELIVERIES = (
     "WHERE y.did IN (SELECT id FROM u) ORDER BY y.n) "
     "SELECT count(*) FROM u"
 )
+# Per-key ordering: the settled deliveries' keys' next ones, if parked (queries.unpark_next).
+UNPARK_NEXT = unpark_next("s.id = ANY(?::text[])")
 RELEASE_DELIVERIES = (
     "UPDATE deliveries SET next_attempt_at = ?, lease_owner = NULL, lease_expires_at = NULL, "
     "updated_at = ? WHERE id = ANY(?::text[]) AND lease_owner = ?"
