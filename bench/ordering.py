@@ -1,7 +1,7 @@
 """Per-key ordering benchmark: delivered records/s with ordering off, on over 1,000 keys and on
 over 10 keys, in one run.
 
-    .venv/bin/python bench/ordering.py [--records 20000] [--rounds 2] [--store URL]
+    .venv/bin/python bench/ordering.py [--records 20000] [--rounds 2] [--postgres]
                                        [--batch-size 1] [--concurrency 16]
 
 Each run stores ``--records`` records first (through the store's ingest path, the ordering key
@@ -18,9 +18,9 @@ records/s = records / drain time. The three configurations differ only in
 
 ``--rounds`` rounds of the three, the order reversed every other round; ratios are taken
 within a round (the machine is shared: absolute numbers move between runs, ratios less). The
-engine runs in this process on asyncio; the store is SQLite in a fresh directory per run
-unless ``--store`` names a PostgreSQL database (a fresh schema per run is not made: give an
-empty database, each run deletes what it stored). Results: bench/results/ordering-<UTC>.md.
+engine runs in this process on asyncio; the store is SQLite in a fresh directory per run, or
+with ``--postgres`` a fresh schema per run on the local server (tests/support/pg.py).
+Results: bench/results/ordering-<UTC>.md.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ from gateway.mapping import ordering  # noqa: E402
 from gateway.mapping.loader import MappingRegistry  # noqa: E402
 from gateway.store import open_store  # noqa: E402
 from gateway.store.base import IngestWrite, NewRecord  # noqa: E402
+from tests.support import pg  # noqa: E402
 
 MAPPING = """\
 group_key: bench
@@ -86,7 +87,7 @@ async def one_run(
     registry.reload()
     assert not registry.all_problems(), [str(p) for p in registry.all_problems()]
     mapping = registry.get("bench")
-    url = args.store or f"sqlite:///{root / 'store.db'}"
+    url = await pg.create_schema() if args.postgres else f"sqlite:///{root / 'store.db'}"
     store = open_store(url)
     await store.open()
     n = args.records
@@ -116,6 +117,8 @@ async def one_run(
     seconds = time.perf_counter() - started
     await engine.stop()
     await store.close()
+    if args.postgres:
+        await pg.drop_schema(url)
     return {"config": name, "keys": keys, "records": got, "seconds": seconds, "rate": got / seconds}
 
 
@@ -146,7 +149,7 @@ async def main_async(args: argparse.Namespace, commit: str) -> str:
         f"# Ordering benchmark {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
         "",
         f"gateway `{commit}`, {platform.python_version()}, {platform.machine()}, store "
-        f"{'PostgreSQL' if args.store else 'SQLite'}, {args.records} records a run, batch_size "
+        f"{'PostgreSQL' if args.postgres else 'SQLite'}, {args.records} records a run, batch_size "
         f"{args.batch_size}, concurrency {args.concurrency}; shared machine: compare ratios "
         "within a round.",
         "",
@@ -167,7 +170,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--records", type=int, default=20000)
     p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("--store", default=None, help="a PostgreSQL URL (default: SQLite)")
+    p.add_argument("--postgres", action="store_true", help="PostgreSQL (default: SQLite)")
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--timeout", type=float, default=300)
