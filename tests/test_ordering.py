@@ -454,3 +454,18 @@ async def test_the_sweep_brings_back_a_parked_head_whose_release_was_lost(store:
     assert await claim(store, "w", time.time()) == []
     assert await store.unpark_heads(time.time()) == 1
     assert numbers(await claim(store, "w", time.time())) == [2]
+
+
+async def test_a_waiting_record_shows_no_next_attempt(store: Store) -> None:
+    from gateway.ingest.api import delivery_view
+
+    t = time.time() - 5
+    recs = [ordered_rec("k", at=t, n=1), ordered_rec("k", at=t + 1, n=2)]
+    await store.commit_ingest(IngestWrite(recs))
+    assert numbers(await claim(store, "w", time.time())) == [1]  # record 2 is parked
+    stored = await store.get_record(recs[1].id)
+    assert stored is not None
+    (waiting,) = stored.deliveries
+    view = delivery_view(waiting)
+    assert view["state"] == "pending"
+    assert view["next_attempt_at"] is None

@@ -37,6 +37,7 @@ from gateway.store.base import (
     StoreOverloaded,
     StoreUnavailable,
 )
+from gateway.store.queries import PARKED_AT
 
 
 @dataclass(slots=True)
@@ -339,7 +340,12 @@ def delivery_view(d: Delivery) -> dict[str, Any]:
         "attempts": d.attempts,
         "last_error": d.last_error,
         "last_status": d.last_status,
-        "next_attempt_at": iso(d.next_attempt_at) if d.state == "pending" else None,
+        # None too while it waits for an earlier record of its ordering key (parked).
+        "next_attempt_at": (
+            iso(d.next_attempt_at)
+            if d.state == "pending" and d.next_attempt_at < PARKED_AT
+            else None
+        ),
         "created_at": iso(d.created_at),
         "updated_at": iso(d.updated_at),
         "delivered_at": iso(d.delivered_at),

@@ -110,7 +110,8 @@ def is_head(outer: str) -> str:
 # past it again (a claim otherwise rereads the whole backlog of keys in flight each time). The
 # delivery settling its key's head brings the next one back (UNPARK_NEXT, same transaction),
 # and a periodic sweep (UNPARK_HEADS) catches any a race between processes left parked.
-PARKED_AT = 1.0e15  # seconds since the epoch: never due
+# Seconds since the epoch: never due (year 8307), yet a date every datetime can show.
+PARKED_AT = 2.0e11
 _ORDERED_PENDING = "d.ordering_key IS NOT NULL AND " + holds("d") + " AND d.state = 'pending' "
 # A parked delivery comes back due since it was received (created_at): it was held, not
 # failing, and the oldest due go first.
