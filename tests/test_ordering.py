@@ -469,3 +469,43 @@ async def test_a_waiting_record_shows_no_next_attempt(store: Store) -> None:
     view = delivery_view(waiting)
     assert view["state"] == "pending"
     assert view["next_attempt_at"] is None
+
+
+async def test_replay_of_a_key_resends_in_record_order(store: Store) -> None:
+    t = time.time() - 10
+    recs = [ordered_rec("k", at=t + i, n=i) for i in range(4)]
+    await store.commit_ingest(IngestWrite(recs))
+    for _ in range(4):  # each dies in turn (continue: the next goes)
+        (c,) = await claim(store, "w", time.time())
+        await settle(store, c, DeliveryState.DEAD, time.time())
+    ids = [r.delivery_ids[0] for r in recs]
+    # Replayed newest first: the claims still go oldest first, one at a time.
+    assert sorted(await store.replay_deliveries(now=time.time(), ids=ids[::-1])) == sorted(ids)
+    sent = []
+    for _ in range(4):
+        claimed = await claim(store, "w", time.time())
+        assert len(claimed) == 1
+        sent += numbers(claimed)
+        await settle(store, claimed[0], DeliveryState.DELIVERED, time.time())
+    assert sent == [0, 1, 2, 3]
+
+
+def test_an_action_can_default_the_ordering_key() -> None:
+    import dataclasses
+
+    m = _mapping("concurrency: 2")
+    integ = m.integrations[0]
+    assert ordering.spec_of(integ) is None
+    linked = dataclasses.replace(
+        integ, action=dataclasses.replace(integ.action, ordering_key="email")
+    )
+    spec = ordering.spec_of(linked)
+    assert spec is not None
+    assert spec.name == "email"
+    assert spec.key({"epost": "B@x"}) == "b@x"
+    # The entry's own ordering_key wins over the action's default.
+    own = _mapping("ordering_key: plan")
+    mine = dataclasses.replace(
+        own.integrations[0], action=dataclasses.replace(integ.action, ordering_key="email")
+    )
+    assert ordering.key_name(mine) == "plan"
