@@ -760,11 +760,17 @@ class PostgresStore(core.GroupCommitStore):
         where, params = core.claim_where(claim)
         sql = q.CLAIM.format(where=numbered(" AND ".join(where), 5))
         args = [claim.now, claim.limit, claim.owner, claim.expires, *params]
-        rows = await self._tx(lambda c: c.fetch(sql, *args), transaction=False)
-        if len(rows) < claim.limit:
-            # The claim walked the whole due range: park the ordered deliveries it passed
-            # over (not the head of their key), so the next claims need not (per-key ordering).
-            await self._execute(queries.PARK_FOLLOWERS, (claim.now, claim.now))
+
+        async def lease(c: Conn) -> list[Any]:
+            rows: list[Any] = await c.fetch(sql, *args)
+            if len(rows) < claim.limit:
+                # The claim walked the whole due range: park the ordered deliveries it passed
+                # over (not the head of their key), so the next claims need not (per-key
+                # ordering). In the claim's transaction: one commit for both.
+                await c.execute(_PARK, claim.now, claim.now)
+            return rows
+
+        rows = await self._tx(lease)
         out = []
         for r in rows:
             d = core.delivery(r)
@@ -810,13 +816,18 @@ class PostgresStore(core.GroupCommitStore):
             )
             return applied
 
-        applied = await self._tx(apply, transaction=False)
         settled = [u.delivery_id for u in todo if u.ordered and u.state != DeliveryState.PENDING]
+
+        async def apply_and_unpark(c: Conn) -> int:
+            applied = await apply(c)
+            # Per-key ordering: their keys' next deliveries, if parked, are due now; in the
+            # same transaction as the update (one commit).
+            await c.execute(_UNPARK_NEXT, settled)
+            return applied
+
         if settled:
-            # Per-key ordering: their keys' next deliveries, if parked, are due now. Apart from
-            # the update: if this is lost, the engine's sweep (unpark_heads) brings them back.
-            await self._execute(q.UNPARK_NEXT, (settled,))
-        return applied
+            return await self._tx(apply_and_unpark)
+        return await self._tx(apply, transaction=False)
 
     # -- the delivery engine --------------------------------------------------------------
     async def release_deliveries(self, owner: str, ids: list[str], at: float) -> int:
@@ -861,6 +872,10 @@ class PostgresStore(core.GroupCommitStore):
             return _count(await c.execute(q.PURGE_RECORDS, ids))
 
         return await self._tx(purge)
+
+
+_PARK = numbered(queries.PARK_FOLLOWERS)
+_UNPARK_NEXT = numbered(q.UNPARK_NEXT)
 
 
 @contextlib.asynccontextmanager

@@ -563,7 +563,7 @@ class SQLiteStore(core.GroupCommitStore):
         def lease(c: sqlite3.Connection) -> list[base.ClaimedDelivery]:
             rows = c.execute(sql, params).fetchall()
             if not rows:
-                c.execute(q.PARK_FOLLOWERS, (now, now))
+                c.execute(queries.PARK_FOLLOWERS, (now, now))
                 return []
             # Inside BEGIN IMMEDIATE with the only writer: nobody can claim between the
             # SELECT and this UPDATE.
@@ -571,7 +571,7 @@ class SQLiteStore(core.GroupCommitStore):
             if len(rows) < limit:
                 # The claim walked the whole due range: park the ordered deliveries it passed
                 # over (not the head of their key), so the next claims need not.
-                c.execute(q.PARK_FOLLOWERS, (now, now))
+                c.execute(queries.PARK_FOLLOWERS, (now, now))
             out = []
             for r in rows:
                 d = core.delivery(r)

@@ -117,18 +117,15 @@ _ORDERED_PENDING = "d.ordering_key IS NOT NULL AND " + holds("d") + " AND d.stat
 # failing, and the oldest due go first.
 
 
-def park_followers(indexed_by: str = "") -> str:
-    """The statement parking the ordered deliveries a claim passed over: due, unleased, not
-    the head of their key. Parameters: now (due), now (lease). ``indexed_by``: SQLite's hint
-    to walk the ordered deliveries (deliveries_key_holders), not every due one."""
-    return (
-        f"UPDATE deliveries SET next_attempt_at = {PARKED_AT:.0f} WHERE id IN (SELECT d.id "
-        f"FROM deliveries d {indexed_by} WHERE {_ORDERED_PENDING}AND d.next_attempt_at <= ? "
-        "AND (d.lease_expires_at IS NULL OR d.lease_expires_at <= ?) AND NOT " + is_head("d") + ")"
-    )
-
-
-PARK_FOLLOWERS = park_followers()
+# Parking what a claim passed over: due, unleased, not the head of its key. It walks the due
+# range (deliveries_due) as the claim did, so it costs at most what that claim cost, and only
+# runs after a claim that came back short (one that walked the whole due range). Parameters:
+# now (due), now (lease).
+PARK_FOLLOWERS = (
+    f"UPDATE deliveries SET next_attempt_at = {PARKED_AT:.0f} WHERE id IN (SELECT d.id "
+    f"FROM deliveries d WHERE {_ORDERED_PENDING}AND d.next_attempt_at <= ? "
+    "AND (d.lease_expires_at IS NULL OR d.lease_expires_at <= ?) AND NOT " + is_head("d") + ")"
+)
 # The sweep brings back every parked delivery that heads its key (no parameters).
 UNPARK_HEADS = (
     "UPDATE deliveries SET next_attempt_at = created_at WHERE id IN (SELECT d.id FROM "

@@ -9,7 +9,6 @@ from gateway.store.queries import (
     ORDERED_DELIVERY_INSERT_COLS,
     RECORD_INSERT_COLS,
     delivery_cols,
-    park_followers,
     unpark_next,
 )
 
@@ -47,9 +46,7 @@ UPDATE_DELIVERY = (
     "WHERE id = ? AND lease_owner = ?"
 )
 INSERT_ATTEMPT = f"INSERT INTO attempts ({ATTEMPT_COLS}) VALUES (?, ?, ?, ?, ?, ?)"
-# Per-key ordering: the settled deliveries' keys' next ones, if parked (queries.unpark_next),
-# and parking what a claim passed over (with no hint the planner walks every due delivery).
-PARK_FOLLOWERS = park_followers("INDEXED BY deliveries_key_holders")
+# Per-key ordering: the settled deliveries' keys' next ones, if parked (queries.unpark_next).
 UNPARK_NEXT = unpark_next("s.id IN (SELECT value FROM json_each(?))")
 # Gives a lease back unsent: no attempt, state and last error untouched.
 RELEASE_DELIVERY = (
