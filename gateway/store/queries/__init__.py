@@ -84,7 +84,7 @@ ORDERED_DELIVERY_INSERT_COLS = DELIVERY_INSERT_COLS + ", ordering_key, ordering_
 
 def holds(alias: str) -> str:
     """A delivery that holds its key: every later one of its lane and key waits. Spelled as
-    the partial index deliveries_key_holders (migration 0003_ordering), so planners use it."""
+    the partial index deliveries_key_holders (migration 0004_ordering), so planners use it."""
     a = alias
     return f"({a}.state = 'pending' OR ({a}.state = 'dead' AND {a}.ordering_block = 1))"
 

@@ -1,4 +1,4 @@
--- Per-key ordering (options.ordering_key), mirroring sqlite/0003_ordering.sql. Applied inside
+-- Per-key ordering (options.ordering_key), mirroring sqlite/0004_ordering.sql. Applied inside
 -- one transaction under an advisory lock; never edit a released migration.
 
 -- NULL and a constant default: both are catalog-only changes, no table rewrite. A smallint
