@@ -18,6 +18,7 @@ from gateway.errors import ApiError, json_response
 from gateway.ingest.api import delivery_view, iso
 from gateway.store.base import (
     Attempt,
+    BlockedKey,
     Delivery,
     DeliveryFilter,
     DeliveryState,
@@ -313,6 +314,23 @@ def _lane_view(
     }
 
 
+def ordering_views(blocked: list[BlockedKey]) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    """Keys held by a dead delivery (``ordering_on_dead: block``), per lane, as the lanes
+    listing shows them: the key, its oldest dead record and how many wait behind it."""
+    out: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for b in blocked:
+        out.setdefault((b.group_key, b.integration), []).append(
+            {
+                "ordering_key": b.ordering_key,
+                "record_id": b.record_id,
+                "delivery_id": b.delivery_id,
+                "since": iso(b.since),
+                "waiting": b.waiting,
+            }
+        )
+    return out
+
+
 async def _lanes(request: web.Request, only: tuple[str, str] | None = None) -> list[dict[str, Any]]:
     config = request.config_dict
     store, registry = config[STORE], config[MAPPINGS]
@@ -329,8 +347,13 @@ async def _lanes(request: web.Request, only: tuple[str, str] | None = None) -> l
     keys = sorted(set(stats) | set(live) | set(declared))
     if only is not None:
         keys = [only]
+    blocked = ordering_views(await _store(store.blocked_keys()))  # per-key ordering
     return [
-        _lane_view(k, live.get(k), stats.get(k), declared.get(k), k in paused, now) for k in keys
+        {
+            **_lane_view(k, live.get(k), stats.get(k), declared.get(k), k in paused, now),
+            "blocked_keys": blocked.get(k, []),
+        }
+        for k in keys
     ]
 
 

@@ -118,6 +118,19 @@ def _deliveries_replay(args: argparse.Namespace, api: AdminClient) -> int:
     return 0
 
 
+def _blocked_keys(lanes: list[dict[str, Any]]) -> None:
+    """Per-key ordering: the keys a dead record holds (``ordering_on_dead: block``)."""
+    rows = [
+        [lane["group_key"], lane["integration"], cut(b["ordering_key"], 40), b["record_id"],
+         str(b["waiting"]), b["since"] or "-"]
+        for lane in lanes
+        for b in lane.get("blocked_keys") or []
+    ]  # fmt: skip
+    if rows:
+        print("\nblocked keys (a dead record holds them; replay it to go on):")
+        table(["GROUP", "INTEGRATION", "KEY", "OLDEST DEAD RECORD", "WAITING", "SINCE"], rows)
+
+
 def _status(args: argparse.Namespace, api: AdminClient) -> int:
     """Every lane (group, integration) at a glance: breaker, pause, backlog, oldest pending
     delivery, dead deliveries, last error."""
@@ -156,6 +169,7 @@ def _status(args: argparse.Namespace, api: AdminClient) -> int:
         ["GROUP", "INTEGRATION", "BREAKER", "PAUSED", "BACKLOG", "OLDEST", "DEAD", "LAST ERROR"],
         rows,
     )
+    _blocked_keys(lanes)
     if not answer.get("delivery_engine", True):
         print(
             "\nnote: this gateway process does not run the delivery engine (GATEWAY_DELIVERY "

@@ -86,6 +86,9 @@ class EngineSide(Protocol):
     def recovered(self, lane: Lane) -> None:
         """The lane's breaker closed: what it put off is due now."""
 
+    def heads_freed(self) -> None:
+        """Ordered deliveries settled: their keys' next records can be claimed."""
+
 
 class Attempts:
     """Runs the engine's attempts: map, build, send, read, feed the lane, record."""
@@ -413,7 +416,18 @@ class Attempts:
                     state, at = DeliveryState.PENDING, retry_at
                     c.retried += 1
                 c.last_error, c.last_error_at = error, now
-            updates.append(DeliveryUpdate(d.id, self.owner, state, at, error, o.status, attempt))
+            updates.append(
+                DeliveryUpdate(
+                    d.id,
+                    self.owner,
+                    state,
+                    at,
+                    error,
+                    o.status,
+                    attempt,
+                    d.ordering_key is not None,
+                )
+            )
         lane.finished(duration_ms / 1000)
         states = [u.state for u in updates]
         self.hooks.settled(
@@ -426,6 +440,12 @@ class Attempts:
             await asyncio.sleep(delay)
             try:
                 await self.store.update_deliveries(updates)
+                if any(
+                    u.state != DeliveryState.PENDING and it.claimed.delivery.ordering_key
+                    for u, it in zip(updates, items, strict=True)
+                ):
+                    # Per-key ordering: the next record of these keys is the head now.
+                    self._engine.heads_freed()
                 return
             except StoreError as exc:
                 logs.log("delivery_record_failed", "warning", error=str(exc), retry_in=delay)

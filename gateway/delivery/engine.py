@@ -44,6 +44,9 @@ from gateway.store.base import (
 
 #: A paused lane's deliveries are put off this long; resuming brings them back at once.
 PAUSE_DEFER = 3600.0
+#: Seconds between sweeps for parked ordered deliveries that head their key (a safety net:
+#: settling a key's head brings its next delivery back at once).
+UNPARK_SWEEP = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +91,7 @@ class DeliveryEngine:
         self._in_hand = 0  # deliveries claimed and not finished: queued or being sent
         self._paused: set[tuple[str, str]] = set()
         self._paused_checked = 0.0
+        self._swept = 0.0
         self.attempts = Attempts(
             store=store,
             mappings=mappings,
@@ -208,6 +212,15 @@ class DeliveryEngine:
         """The lane's breaker closed: bring what it put off forward."""
         self._spawn(self._recovered(lane))
 
+    def heads_freed(self) -> None:
+        """Ordered deliveries settled, so their keys' next records are claimable (per-key
+        ordering: a claim only takes the head of each key). Claim at once when the engine is
+        running low on work; while it holds plenty, the next claim (when it runs low, or at
+        the poll) takes them: a claim per settled delivery would cost a store transaction each
+        and starve the sending."""
+        if self._in_hand <= max(self.settings.claim_batch // 4, 1):
+            self._wake.set()
+
     # -- dispatcher -----------------------------------------------------------------------
     async def _dispatch_loop(self) -> None:
         s = self.settings
@@ -217,6 +230,7 @@ class DeliveryEngine:
             self._wake.clear()
             try:
                 await self._refresh_paused()
+                await self._sweep_parked()
                 while not self._stopping:
                     # A running count: summing over every lane on each claim cost O(lanes)
                     # per commit wake-up, with 10,000 groups a hot loop of its own.
@@ -247,6 +261,16 @@ class DeliveryEngine:
         self._paused = await self.store.paused_lanes()
         for key, lane in self.lanes.items():
             lane.paused = key in self._paused
+
+    async def _sweep_parked(self) -> None:
+        # Per-key ordering: a parked delivery whose key's head settled in a process that died
+        # before bringing it back, or in a race between processes, is found here.
+        now = time.monotonic()
+        if now - self._swept < UNPARK_SWEEP:
+            return
+        self._swept = now
+        if await self.store.unpark_heads(self._clock()):
+            self._wake.set()
 
     async def _route(self, claimed: list[ClaimedDelivery]) -> None:
         """Queue each claimed delivery on its lane, or give it back for later."""

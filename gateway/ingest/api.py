@@ -27,6 +27,7 @@ from gateway.ingest.body import BodyBudget, Held, content_encoding, decode, read
 from gateway.ingest.ratelimit import KeyedLimiter
 from gateway.ingest.validate import MAX_LISTED, Limits, validate_record
 from gateway.integrations.redact import for_producer
+from gateway.mapping import ordering
 from gateway.mapping.loader import MappingRegistry
 from gateway.store.base import (
     Delivery,
@@ -36,6 +37,7 @@ from gateway.store.base import (
     StoreOverloaded,
     StoreUnavailable,
 )
+from gateway.store.queries import PARKED_AT
 
 
 @dataclass(slots=True)
@@ -267,6 +269,7 @@ async def _post_record(ing: Ingest, request: web.Request, held: Held) -> web.Res
     group_key, data, integrations, version = _check_record(ing, principal, obj)
     logs.info(request).group_key = group_key
     rec = _new_record(principal, group_key, data, integrations, version, time.time())
+    ordering.stamp(rec, ing.mappings.get(group_key), data)  # per-key ordering
     logs.info(request).record_id = rec.id
     answer = {"id": rec.id, "status": "accepted", "integrations": integrations}
     return await _commit(ing, request, principal, [rec], 202, answer, keys, req_hash)
@@ -319,6 +322,7 @@ async def _post_batch(ing: Ingest, request: web.Request, held: Held) -> web.Resp
             )
             continue
         rec = _new_record(principal, group_key, data, integrations, version, now)
+        ordering.stamp(rec, ing.mappings.get(group_key), data)  # per-key ordering
         records.append(rec)
         results.append(
             {"index": index, "status": "accepted", "id": rec.id, "integrations": integrations}
@@ -339,7 +343,12 @@ def delivery_view(d: Delivery) -> dict[str, Any]:
         "attempts": d.attempts,
         "last_error": d.last_error,
         "last_status": d.last_status,
-        "next_attempt_at": iso(d.next_attempt_at) if d.state == "pending" else None,
+        # None too while it waits for an earlier record of its ordering key (parked).
+        "next_attempt_at": (
+            iso(d.next_attempt_at)
+            if d.state == "pending" and d.next_attempt_at < PARKED_AT
+            else None
+        ),
         "created_at": iso(d.created_at),
         "updated_at": iso(d.updated_at),
         "delivered_at": iso(d.delivered_at),

@@ -70,6 +70,10 @@ class Action:
     settings: tuple[Param, ...] = ()
     # Generic types (http, file) take any field name the mapping defines.
     open_fields: bool = False
+    # The field whose value keys this action's per-key ordering when the entry sets no
+    # options.ordering_key: actions that depend on earlier records of the same key (a link,
+    # a licence created by an earlier record) name their link key here.
+    ordering_key: str | None = None
 
     def field(self, name: str) -> Field | None:
         """The declared field, or a free-form one for open actions, or None."""

@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gateway.integrations.base import Action, IntegrationType, Param, get_type
-from gateway.mapping import secrets
+from gateway.mapping import ordering, secrets
 from gateway.mapping.conditions import Condition, parse_condition
 from gateway.mapping.errors import ErrorCollector, MappingError, SpecError, SpecErrors
 from gateway.mapping.fieldtypes import Coercer, make_coercer
@@ -204,6 +204,7 @@ def compile_mapping(
         spec.description if spec else None,
     )
     seen: set[str] = set()
+    paths: dict[str, tuple[str | int, ...]] = {}
     for i, raw in enumerate(entries):
         base: tuple[str | int, ...] = ("integrations", i)
         try:
@@ -217,6 +218,8 @@ def compile_mapping(
         one = _compile_entry(entry, base, errors, environ)
         if one is not None:
             compiled.integrations.append(one)
+            paths[one.name] = base
+    ordering.check(compiled, errors, paths)
     errors.raise_if_any()
     return compiled
 
@@ -241,6 +244,8 @@ def _compile_entry(
         errors.add((*base, "action"), f"{what} (actions: {names})")
         return None
     _check_params(entry.connection, decl.connection, (*base, "connection"), errors)
+    # Per-key ordering: a FIFO target groups by the ordering key unless told otherwise.
+    entry.settings = ordering.fifo_default(entry.settings, decl.settings + action.settings, entry)
     _check_params(entry.settings, decl.settings + action.settings, (*base, "settings"), errors)
     if decl.check is not None:
         for where, message in decl.check(entry.connection, entry.settings, list(entry.fields)):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -123,7 +123,14 @@ class DeliveryOptions(BaseModel):
     retry: RetryOptions = Field(default_factory=RetryOptions)
     breaker: BreakerOptions = Field(default_factory=BreakerOptions)
     ordering_key: str | None = Field(
-        default=None, description="Attribute whose equal values are delivered in order."
+        default=None,
+        description="Mapped field or attribute whose equal values are delivered one at a time, "
+        "in record order.",
+    )
+    ordering_on_dead: Literal["continue", "block"] = Field(
+        default="continue",
+        description="A dead record of an ordering key: the next one goes (continue) or the key "
+        "waits until it is replayed (block).",
     )
     destinations: DestinationOptions | None = Field(
         default=None, description="This entry's destination policy, within the gateway's."

@@ -54,6 +54,9 @@ class NewRecord:
     integrations: list[str] = field(default_factory=list)
     delivery_ids: list[str] = field(default_factory=list)  # same length as integrations
     mapping_version: str | None = None
+    # Per-key ordering: empty when no delivery is ordered; else, per integration, None or
+    # (ordering key, whether a dead delivery holds the key) (gateway.delivery.ordering).
+    ordering: list[tuple[str, bool] | None] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -126,6 +129,7 @@ class Delivery:
     last_error: str | None = None
     last_status: int | None = None
     delivered_at: float | None = None
+    ordering_key: str | None = None  # set on claimed deliveries (per-key ordering)
 
 
 @dataclass(slots=True)
@@ -164,6 +168,7 @@ class DeliveryUpdate:
     last_error: str | None = None
     last_status: int | None = None
     attempt: Attempt | None = None
+    ordered: bool = False  # the delivery has an ordering key (its settling frees the next)
 
 
 @dataclass(slots=True)
@@ -238,6 +243,20 @@ class AdminToken:
     name: str | None
     created_at: float
     revoked_at: float | None = None
+
+
+@dataclass(slots=True)
+class BlockedKey:
+    """An ordering key held by a dead delivery (``ordering_on_dead: block``): its later
+    deliveries wait until that one is replayed."""
+
+    group_key: str
+    integration: str
+    ordering_key: str
+    record_id: str  # the oldest dead record of the key
+    delivery_id: str
+    since: float  # that record's received_at
+    waiting: int  # pending deliveries of the key behind it
 
 
 @dataclass(slots=True)
@@ -438,6 +457,15 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def lane_stats(self, now: float) -> list[LaneStats]:
         """Per lane with any pending or dead delivery: counts and the oldest pending."""
+
+    async def unpark_heads(self, now: float) -> int:
+        """Per-key ordering's safety net: make every parked delivery that is the head of its
+        key due at ``now``; return how many."""
+        return 0
+
+    async def blocked_keys(self, limit: int = 1000) -> list[BlockedKey]:
+        """Ordering keys held by a dead delivery, per lane, oldest first (at most ``limit``)."""
+        return []
 
     @abc.abstractmethod
     async def set_lane_paused(

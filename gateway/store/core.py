@@ -45,6 +45,7 @@ from gateway.store.base import (
     AdminToken,
     Attempt,
     AuditEntry,
+    BlockedKey,
     ClaimedDelivery,
     Delivery,
     DeliveryFilter,
@@ -260,9 +261,15 @@ def access_key_params(key: AccessKey) -> tuple[Any, ...]:
     )
 
 
-def record_params(writes: Iterable[IngestWrite], now: float) -> tuple[list[Row], list[Row]]:
+def record_params(
+    writes: Iterable[IngestWrite], now: float, ordered: list[Row] | None = None
+) -> tuple[list[Row], list[Row]]:
     """The records and deliveries of ``writes`` as rows of ``queries.RECORD_INSERT_COLS`` and
-    ``queries.DELIVERY_INSERT_COLS`` (state, attempts and the lease take their defaults)."""
+    ``queries.DELIVERY_INSERT_COLS`` (state, attempts and the lease take their defaults).
+
+    Ordered deliveries (per-key ordering) go to ``ordered`` instead, as rows of
+    ``queries.ORDERED_DELIVERY_INSERT_COLS``; a caller that gives no list gets them all as
+    plain rows, their keys dropped."""
     records: list[Row] = []
     deliveries: list[Row] = []
     for w in writes:
@@ -271,6 +278,14 @@ def record_params(writes: Iterable[IngestWrite], now: float) -> tuple[list[Row],
                 (r.id, r.group_key, r.access_key_id, r.data_json, r.received_at, r.mapping_version)
             )
             at = r.received_at
+            if r.ordering and ordered is not None:
+                for did, integ, key in zip(r.delivery_ids, r.integrations, r.ordering, strict=True):
+                    if key is None:
+                        deliveries.append((did, r.id, r.group_key, integ, at, at, now))
+                    else:
+                        row = (did, r.id, r.group_key, integ, at, at, now, key[0], int(key[1]))
+                        ordered.append(row)
+                continue
             for did, integ in zip(r.delivery_ids, r.integrations, strict=True):
                 deliveries.append((did, r.id, r.group_key, integ, at, at, now))
     return records, deliveries
@@ -349,6 +364,8 @@ def claim_where(claim: Claim, prefix: str = "") -> tuple[list[str], list[Any]]:
         if value is not None:
             where.append(f"{p}{column} = ?")
             params.append(value)
+    # Per-key ordering: only the head of each key (see queries.is_head).
+    where.append(queries.is_head(p.rstrip(".") or "deliveries"))
     return where, params
 
 
@@ -841,6 +858,18 @@ class GroupCommitStore(Store):
         return merge_lanes(row for rows in results for row in rows)
 
     _lane_stats_sql: tuple[str, ...]  # the dialect's, each with ``now`` for its every ``?``
+
+    async def unpark_heads(self, now: float) -> int:
+        """Make every parked delivery that heads its key due again (one statement): the
+        engine's periodic safety net behind the unparking done as heads settle. ``now`` is
+        unused: they are due since they were received."""
+        return await self._execute(queries.UNPARK_HEADS)
+
+    async def blocked_keys(self, limit: int = 1000) -> list[BlockedKey]:
+        """Ordering keys held by a dead delivery (``ordering_on_dead: block``), by lane then
+        age: the oldest dead record of each and how many deliveries wait behind it."""
+        rows = await self._fetch(queries.BLOCKED_KEYS, (limit,))
+        return [BlockedKey(*r) for r in rows]
 
     async def paused_lanes(self) -> set[tuple[str, str]]:
         """Every paused lane as (group_key, integration)."""

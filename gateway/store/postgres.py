@@ -609,6 +609,7 @@ class PostgresStore(core.GroupCommitStore):
         dgroup: list[str] = []
         dinteg: list[str] = []
         dat: list[float] = []
+        ordered: list[tuple[str, str, str, str, float, str, int]] = []  # per-key ordering
         idem: dict[Key, IdempotencyEntry] = {}
         for w in writes:
             for r in w.records:
@@ -618,6 +619,25 @@ class PostgresStore(core.GroupCommitStore):
                 rdata.append(r.data_json)
                 rat.append(r.received_at)
                 rver.append(r.mapping_version)
+                if r.ordering:
+                    # Ordered deliveries go in their own statement (below); the rest as usual.
+                    integs: list[str] = []
+                    for d, integ, key in zip(
+                        r.delivery_ids, r.integrations, r.ordering, strict=True
+                    ):
+                        if key is None:
+                            integs.append(integ)
+                            did.append(d)
+                        else:
+                            ordered.append(
+                                (d, r.id, r.group_key, integ, r.received_at, key[0], int(key[1]))
+                            )
+                    for integ in integs:
+                        drec.append(r.id)
+                        dgroup.append(r.group_key)
+                        dinteg.append(integ)
+                        dat.append(r.received_at)
+                    continue
                 for d, integ in zip(r.delivery_ids, r.integrations, strict=True):
                     did.append(d)
                     drec.append(r.id)
@@ -652,6 +672,11 @@ class PostgresStore(core.GroupCommitStore):
             [e.created_at for e in entries],
             [e.expires_at for e in entries],
         )
+        if ordered:
+            cols = list(zip(*ordered, strict=True))
+            await conn.execute(
+                q.INSERT_ORDERED_DELIVERIES, *[list(c) for c in cols[:5]], now, *map(list, cols[5:])
+            )
         return {(r[0], r[1]) for r in rows}
 
     async def _apply_group(
@@ -735,8 +760,23 @@ class PostgresStore(core.GroupCommitStore):
         where, params = core.claim_where(claim)
         sql = q.CLAIM.format(where=numbered(" AND ".join(where), 5))
         args = [claim.now, claim.limit, claim.owner, claim.expires, *params]
-        rows = await self._tx(lambda c: c.fetch(sql, *args), transaction=False)
-        return [ClaimedDelivery(core.delivery(r), bytes(r[14]), r[15]) for r in rows]
+
+        async def lease(c: Conn) -> list[Any]:
+            rows: list[Any] = await c.fetch(sql, *args)
+            if len(rows) < claim.limit:
+                # The claim walked the whole due range: park the ordered deliveries it passed
+                # over (not the head of their key), so the next claims need not (per-key
+                # ordering). In the claim's transaction: one commit for both.
+                await c.execute(_PARK, claim.now, claim.now)
+            return rows
+
+        rows = await self._tx(lease)
+        out = []
+        for r in rows:
+            d = core.delivery(r)
+            d.ordering_key = r[16]
+            out.append(ClaimedDelivery(d, bytes(r[14]), r[15]))
+        return out
 
     async def update_deliveries(self, updates: list[DeliveryUpdate]) -> int:
         """Apply the updates whose lease is still held, in one statement; return how many."""
@@ -776,6 +816,17 @@ class PostgresStore(core.GroupCommitStore):
             )
             return applied
 
+        settled = [u.delivery_id for u in todo if u.ordered and u.state != DeliveryState.PENDING]
+
+        async def apply_and_unpark(c: Conn) -> int:
+            applied = await apply(c)
+            # Per-key ordering: their keys' next deliveries, if parked, are due now; in the
+            # same transaction as the update (one commit).
+            await c.execute(_UNPARK_NEXT, settled)
+            return applied
+
+        if settled:
+            return await self._tx(apply_and_unpark)
         return await self._tx(apply, transaction=False)
 
     # -- the delivery engine --------------------------------------------------------------
@@ -821,6 +872,10 @@ class PostgresStore(core.GroupCommitStore):
             return _count(await c.execute(q.PURGE_RECORDS, ids))
 
         return await self._tx(purge)
+
+
+_PARK = numbered(queries.PARK_FOLLOWERS)
+_UNPARK_NEXT = numbered(q.UNPARK_NEXT)
 
 
 @contextlib.asynccontextmanager

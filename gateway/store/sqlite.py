@@ -586,10 +586,12 @@ class SQLiteStore(core.GroupCommitStore):
     def _insert(conn: sqlite3.Connection, writes: list[base.IngestWrite], now: float) -> None:
         """Insert the writes' records, deliveries and idempotency entries, many rows a
         statement (see :func:`_insert_rows`)."""
-        records, deliveries = core.record_params(writes, now)
+        ordered: list[Row] = []
+        records, deliveries = core.record_params(writes, now, ordered)
         idem = [core.idempotency_params(e) for w in writes for e in w.idempotency]
         _insert_rows(conn, q.INSERT_RECORD, records)
         _insert_rows(conn, q.INSERT_DELIVERY, deliveries)
+        _insert_rows(conn, q.INSERT_ORDERED_DELIVERY, ordered)
         _insert_rows(conn, q.INSERT_IDEM, idem)
 
     def _apply_group(self, conn: sqlite3.Connection, jobs: list[IngestJob], now: float) -> bool:
@@ -706,11 +708,12 @@ class SQLiteStore(core.GroupCommitStore):
         where, params = core.claim_where(claim, prefix="d.")
         params.append(claim.limit)
         sql = q.CLAIM_SELECT + " AND ".join(where) + q.CLAIM_ORDER
-        owner, expires, now = claim.owner, claim.expires, claim.now
+        owner, expires, now, limit = claim.owner, claim.expires, claim.now, claim.limit
 
         def lease(c: sqlite3.Connection) -> list[base.ClaimedDelivery]:
             rows = c.execute(sql, params).fetchall()
             if not rows:
+                c.execute(queries.PARK_FOLLOWERS, (now, now))
                 return []
             # Inside BEGIN IMMEDIATE with the only writer: nobody can claim between the
             # SELECT and this UPDATE.
@@ -718,12 +721,17 @@ class SQLiteStore(core.GroupCommitStore):
             # a row).
             ids = orjson.dumps([r[0] for r in rows]).decode()
             c.execute(q.LEASE_MANY, (owner, expires, now, ids))
+            if len(rows) < limit:
+                # The claim walked the whole due range: park the ordered deliveries it passed
+                # over (not the head of their key), so the next claims need not.
+                c.execute(queries.PARK_FOLLOWERS, (now, now))
             out = []
             for r in rows:
                 d = core.delivery(r)
                 d.lease_owner = owner
                 d.lease_expires_at = expires
                 d.updated_at = now
+                d.ordering_key = r[16]
                 out.append(base.ClaimedDelivery(d, bytes(r[14]), r[15]))
             return out
 
@@ -757,6 +765,14 @@ class SQLiteStore(core.GroupCommitStore):
                 if (a := u.attempt) is not None and u.delivery_id in done
             ]
             _insert_rows(c, q.INSERT_ATTEMPT, attempts)
+            settled = [
+                u.delivery_id
+                for u in updates
+                if u.ordered and u.state != base.DeliveryState.PENDING and u.delivery_id in done
+            ]
+            if settled:
+                # Per-key ordering: their keys' next deliveries, if parked, are due now.
+                c.execute(q.UNPARK_NEXT, (orjson.dumps(settled).decode(),))
             return len(done)
 
         applied: int = await self._write(apply)

@@ -108,3 +108,91 @@ SCHEMA_MIGRATIONS_VERSIONS = "SELECT version FROM schema_migrations"
 INSERT_SCHEMA_MIGRATION = (
     "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)"
 )
+
+# -- per-key ordering (options.ordering_key) ---------------------------------------------------
+# Ordered deliveries carry their key and whether they hold it when dead (ordering_on_dead:
+# block); unordered ones take the columns' defaults (NULL, 0) through DELIVERY_INSERT_COLS, so
+# the hot insert is unchanged for lanes without ordering.
+ORDERED_DELIVERY_INSERT_COLS = DELIVERY_INSERT_COLS + ", ordering_key, ordering_block"
+
+
+def holds(alias: str) -> str:
+    """A delivery that holds its key: every later one of its lane and key waits. Spelled as
+    the partial index deliveries_key_holders (migration 0004_ordering), so planners use it."""
+    a = alias
+    return f"({a}.state = 'pending' OR ({a}.state = 'dead' AND {a}.ordering_block = 1))"
+
+
+HOLDS_KEY = holds("e")
+
+
+def is_head(outer: str) -> str:
+    """The claim condition of per-key ordering, on the delivery ``outer`` (a table name or
+    alias): unordered, or no earlier delivery of its lane and key holds the key. Earlier is
+    record order: ``created_at`` (the record's ``received_at``), ties by id."""
+    d = outer
+    return (
+        f"({d}.ordering_key IS NULL OR NOT EXISTS (SELECT 1 FROM deliveries e "
+        f"WHERE e.group_key = {d}.group_key AND e.integration = {d}.integration "
+        f"AND e.ordering_key = {d}.ordering_key AND {HOLDS_KEY} "
+        f"AND (e.created_at, e.id) < ({d}.created_at, {d}.id)))"
+    )
+
+
+# Parking: a pending ordered delivery that is not the head of its key is moved out of the due
+# range (next_attempt_at = PARKED_AT) when a claim walks past it, so later claims do not walk
+# past it again (a claim otherwise rereads the whole backlog of keys in flight each time). The
+# delivery settling its key's head brings the next one back (UNPARK_NEXT, same transaction),
+# and a periodic sweep (UNPARK_HEADS) catches any a race between processes left parked.
+# Seconds since the epoch: never due (year 8307), yet a date every datetime can show.
+PARKED_AT = 2.0e11
+_ORDERED_PENDING = "d.ordering_key IS NOT NULL AND " + holds("d") + " AND d.state = 'pending' "
+# A parked delivery comes back due since it was received (created_at): it was held, not
+# failing, and the oldest due go first.
+
+
+# Parking what a claim passed over: due, unleased, not the head of its key. It walks the due
+# range (deliveries_due) as the claim did, so it costs at most what that claim cost, and only
+# runs after a claim that came back short (one that walked the whole due range). Parameters:
+# now (due), now (lease).
+PARK_FOLLOWERS = (
+    f"UPDATE deliveries SET next_attempt_at = {PARKED_AT:.0f} WHERE id IN (SELECT d.id "
+    f"FROM deliveries d WHERE {_ORDERED_PENDING}AND d.next_attempt_at <= ? "
+    "AND (d.lease_expires_at IS NULL OR d.lease_expires_at <= ?) AND NOT " + is_head("d") + ")"
+)
+# The sweep brings back every parked delivery that heads its key (no parameters).
+UNPARK_HEADS = (
+    "UPDATE deliveries SET next_attempt_at = created_at WHERE id IN (SELECT d.id FROM "
+    f"deliveries d WHERE {_ORDERED_PENDING}AND d.next_attempt_at >= {PARKED_AT:.0f} AND "
+    + is_head("d")
+    + ")"
+)
+
+
+def unpark_next(settled: str) -> str:
+    """Bring back the next delivery of the key of each settled delivery (``settled``: a
+    condition on ``s.id``, the dialect's way of saying "one of these ids"), if it is parked and
+    now the head. Parameters: ``settled``'s."""
+    return (
+        "UPDATE deliveries SET next_attempt_at = created_at WHERE state = 'pending' "
+        f"AND next_attempt_at >= {PARKED_AT:.0f} AND id IN (SELECT (SELECT e.id FROM "
+        "deliveries e WHERE e.group_key = s.group_key AND e.integration = s.integration "
+        f"AND e.ordering_key = s.ordering_key AND {HOLDS_KEY} ORDER BY e.created_at, e.id "
+        f"LIMIT 1) FROM deliveries s WHERE s.ordering_key IS NOT NULL AND {settled})"
+    )
+
+
+# Keys held by a dead delivery (ordering_on_dead: block): per lane and key, the oldest dead
+# delivery and how many deliveries of the key wait behind it. Parameter: a row limit.
+BLOCKED_KEYS = (
+    "SELECT e.group_key, e.integration, e.ordering_key, e.record_id, e.id, e.created_at, "
+    "(SELECT count(*) FROM deliveries w WHERE w.group_key = e.group_key "
+    "AND w.integration = e.integration AND w.ordering_key = e.ordering_key "
+    "AND w.state = 'pending') "
+    "FROM deliveries e WHERE e.ordering_key IS NOT NULL AND " + HOLDS_KEY + " "
+    "AND e.state = 'dead' AND NOT EXISTS (SELECT 1 FROM deliveries f "
+    "WHERE f.group_key = e.group_key AND f.integration = e.integration "
+    "AND f.ordering_key = e.ordering_key AND f.state = 'dead' AND f.ordering_block = 1 "
+    "AND (f.created_at, f.id) < (e.created_at, e.id)) "
+    "ORDER BY e.group_key, e.integration, e.created_at, e.id LIMIT ?"
+)

@@ -5,8 +5,10 @@ from __future__ import annotations
 from gateway.store.queries import (
     DELIVERY_INSERT_COLS,
     IDEM_COLS,
+    ORDERED_DELIVERY_INSERT_COLS,
     RECORD_INSERT_COLS,
     delivery_cols,
+    unpark_next,
 )
 
 SELECT_IDEM_MANY = (
@@ -32,6 +34,14 @@ INSERT_GROUP = (
     "expires_at = excluded.expires_at WHERE idempotency_keys.expires_at <= $12 "
     "RETURNING access_key_id, key"
 )
+# Ordered deliveries (per-key ordering), inserted beside INSERT_GROUP only when a group has
+# any, so groups without ordering run exactly the statement they ran before.
+INSERT_ORDERED_DELIVERIES = (
+    f"INSERT INTO deliveries ({ORDERED_DELIVERY_INSERT_COLS}) "
+    "SELECT x.id, x.rid, x.g, x.i, x.t, x.t, $6, x.k, x.b FROM unnest("
+    "$1::text[], $2::text[], $3::text[], $4::text[], $5::float8[], $7::text[], $8::int[]) "
+    "AS x(id, rid, g, i, t, k, b)"
+)
 PURGE_IDEM_CHUNK = (
     "DELETE FROM idempotency_keys WHERE (access_key_id, key) IN (SELECT access_key_id, "
     "key FROM idempotency_keys WHERE expires_at <= ? LIMIT ? FOR UPDATE SKIP LOCKED)"
@@ -43,8 +53,8 @@ CLAIM = (
     "WITH c AS (SELECT id FROM deliveries WHERE {where} "
     "ORDER BY next_attempt_at, id LIMIT $2 FOR UPDATE SKIP LOCKED), "
     "u AS (UPDATE deliveries AS d SET lease_owner = $3, lease_expires_at = $4, "
-    f"updated_at = $1 FROM c WHERE d.id = c.id RETURNING {delivery_cols('d')}) "
-    f"SELECT {delivery_cols('u')}, r.data, r.received_at FROM u "
+    f"updated_at = $1 FROM c WHERE d.id = c.id RETURNING {delivery_cols('d')}, d.ordering_key) "
+    f"SELECT {delivery_cols('u')}, r.data, r.received_at, u.ordering_key FROM u "
     "JOIN records AS r ON r.id = u.record_id ORDER BY u.next_attempt_at, u.id"
 )
 # The updates whose lease is still held, and the attempts of those, in one statement.
@@ -63,6 +73,8 @@ UPDATE_DELIVERIES = (
     "WHERE y.did IN (SELECT id FROM u) ORDER BY y.n) "
     "SELECT count(*) FROM u"
 )
+# Per-key ordering: the settled deliveries' keys' next ones, if parked (queries.unpark_next).
+UNPARK_NEXT = unpark_next("s.id = ANY(?::text[])")
 RELEASE_DELIVERIES = (
     "UPDATE deliveries SET next_attempt_at = ?, lease_owner = NULL, lease_expires_at = NULL, "
     "updated_at = ? WHERE id = ANY(?::text[]) AND lease_owner = ?"

@@ -6,12 +6,17 @@ from gateway.store.queries import (
     ATTEMPT_COLS,
     DELIVERY_INSERT_COLS,
     IDEM_COLS,
+    ORDERED_DELIVERY_INSERT_COLS,
     RECORD_INSERT_COLS,
     delivery_cols,
+    unpark_next,
 )
 
 INSERT_RECORD = f"INSERT INTO records ({RECORD_INSERT_COLS}) VALUES (?, ?, ?, ?, ?, ?)"
 INSERT_DELIVERY = f"INSERT INTO deliveries ({DELIVERY_INSERT_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
+INSERT_ORDERED_DELIVERY = (
+    f"INSERT INTO deliveries ({ORDERED_DELIVERY_INSERT_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
 # OR REPLACE: the writer has already checked that no *unexpired* entry holds the key, so a
 # conflicting row can only be an expired one, which a new answer replaces.
 INSERT_IDEM = f"INSERT OR REPLACE INTO idempotency_keys ({IDEM_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
@@ -29,7 +34,7 @@ PURGE_IDEM_CHUNK = (
 
 # Followed by the claim conditions (core.claim_where(prefix="d.")).
 CLAIM_SELECT = (
-    f"SELECT {delivery_cols('d')}, r.data, r.received_at FROM deliveries d "
+    f"SELECT {delivery_cols('d')}, r.data, r.received_at, d.ordering_key FROM deliveries d "
     "JOIN records r ON r.id = d.record_id WHERE "
 )
 CLAIM_ORDER = " ORDER BY d.next_attempt_at, d.id LIMIT ?"
@@ -58,6 +63,8 @@ UPDATE_DELIVERIES_FROM = (
     "RETURNING deliveries.id"
 )
 INSERT_ATTEMPT = f"INSERT INTO attempts ({ATTEMPT_COLS}) VALUES (?, ?, ?, ?, ?, ?)"
+# Per-key ordering: the settled deliveries' keys' next ones, if parked (queries.unpark_next).
+UNPARK_NEXT = unpark_next("s.id IN (SELECT value FROM json_each(?))")
 # Gives a lease back unsent: no attempt, state and last error untouched.
 RELEASE_DELIVERY = (
     "UPDATE deliveries SET next_attempt_at = ?, lease_owner = NULL, lease_expires_at = NULL, "
