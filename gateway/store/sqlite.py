@@ -585,6 +585,7 @@ class SQLiteStore(core.GroupCommitStore):
             now = time.time()
             applied = 0
             attempts = []
+            links: list[tuple[str, base.LinkWrite]] = []
             for u in updates:
                 delivered = u.state == base.DeliveryState.DELIVERED
                 cur = c.execute(
@@ -595,14 +596,20 @@ class SQLiteStore(core.GroupCommitStore):
                 )  # fmt: skip
                 if cur.rowcount:
                     applied += 1
+                    if delivered and u.link is not None:
+                        links.append((u.delivery_id, u.link))
                     a = u.attempt
                     if a is not None:
                         attempts.append(
                             (u.delivery_id, a.started_at, a.duration_ms, a.status, a.error,
-                             a.mapping_version)
+                             a.mapping_version, a.link)
                         )  # fmt: skip
             if attempts:
                 c.executemany(q.INSERT_ATTEMPT, attempts)
+            if links:
+                upserts, deletes = core.link_writes(links, now)
+                c.executemany(queries.UPSERT_LINK, upserts)
+                c.executemany(queries.DELETE_LINK, deletes)
             return applied
 
         applied: int = await self._write(apply)

@@ -40,7 +40,7 @@ UPDATE_DELIVERY = (
     "lease_owner = NULL, lease_expires_at = NULL, updated_at = ? "
     "WHERE id = ? AND lease_owner = ?"
 )
-INSERT_ATTEMPT = f"INSERT INTO attempts ({ATTEMPT_COLS}) VALUES (?, ?, ?, ?, ?, ?)"
+INSERT_ATTEMPT = f"INSERT INTO attempts ({ATTEMPT_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
 # Gives a lease back unsent: no attempt, state and last error untouched.
 RELEASE_DELIVERY = (
     "UPDATE deliveries SET next_attempt_at = ?, lease_owner = NULL, lease_expires_at = NULL, "
