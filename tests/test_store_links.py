@@ -59,7 +59,8 @@ async def test_link_written_with_delivery_and_kept_across_restart(
     assert list(got) == ["a@example.com"]
     one = got["a@example.com"]
     assert (one.external_id, one.delivery_id) == ("lic_1", did)
-    assert one.created_at >= t and one.updated_at == one.created_at
+    assert one.created_at >= t
+    assert one.updated_at == one.created_at
     # Another entry or group never sees it.
     assert await store.get_links("g", "other", ["a@example.com"]) == {}
     assert await store.get_links("h", "lic", ["a@example.com"]) == {}
@@ -157,5 +158,5 @@ async def test_list_links_filters_and_pages(store: Store) -> None:
     assert len(g1.items) == 2
     one = await store.list_links(LinkFilter(link_key=g1.items[0].link_key))
     assert [x.external_id for x in one.items] == [g1.items[0].external_id]
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="invalid cursor"):
         await store.list_links(LinkFilter(), cursor="not-a-cursor!")

@@ -58,6 +58,14 @@ from gateway.store.base import (
 )
 
 
+def link_scope(integration: CompiledIntegration) -> str:
+    """Whose links an entry reads and writes: its own (its name) unless its ``link_scope``
+    setting names another entry of the group (an ``expire`` entry sharing the links of the
+    entry that created the licences)."""
+    scope = integration.settings.value.get("link_scope")
+    return str(scope) if scope else integration.name
+
+
 class EngineHooks:
     """What the engine reports as it works; the metrics module implements it."""
 
@@ -132,6 +140,7 @@ class Attempts:
         t0 = time.perf_counter()
         version: str | None = None
         items = [_Item(c) for c in batch]
+        integration: CompiledIntegration | None = None
         try:
             mapping = self.mappings.get(lane.group_key)
             integration = mapping.integration(lane.integration) if mapping else None
@@ -176,7 +185,7 @@ class Attempts:
                 lane.breaker.probe_returned()
                 lane.probe_done.set()
         duration_ms = (time.perf_counter() - t0) * 1000
-        await self._record(lane, items, started, duration_ms, version)
+        await self._record(lane, items, started, duration_ms, version, integration)
 
     @staticmethod
     def _settle(
@@ -238,7 +247,7 @@ class Attempts:
                     keys[it.claimed.delivery.id] = None  # the build step says what is wrong
         wanted = [k for k in keys.values() if k]
         try:
-            links = await self.store.get_links(lane.group_key, lane.integration, wanted)
+            links = await self.store.get_links(lane.group_key, link_scope(integration), wanted)
         except StoreError as exc:
             self._settle(items, OutcomeKind.RETRY, f"cannot read links: {exc}")
             return False
@@ -428,6 +437,7 @@ class Attempts:
         started: float,
         duration_ms: float,
         version: str | None,
+        integration: CompiledIntegration | None = None,
     ) -> None:
         now = self._clock()
         updates = []
@@ -444,9 +454,12 @@ class Attempts:
                 state, at, error = DeliveryState.DELIVERED, now, None
                 c.delivered += 1
                 c.last_success_at = now
-                if o.link is not None:
+                if o.link is not None and integration is not None:
                     link = LinkWrite(
-                        lane.group_key, lane.integration, o.link.link_key, o.link.external_id
+                        lane.group_key,
+                        link_scope(integration),
+                        o.link.link_key,
+                        o.link.external_id,
                     )
                     attempt.link = link.describe()
             else:

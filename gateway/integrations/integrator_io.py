@@ -83,6 +83,18 @@ def iso(ts: float) -> str:
     return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
 
 
+def _normal_time(text: str) -> str:
+    """A mapped ISO 8601 time written as :func:`iso` writes (no offset: UTC); other text as
+    it is (integrator.io's answer then says what is wrong)."""
+    try:
+        dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return text
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return iso(dt.timestamp())
+
+
 def _headers(integration: Any) -> dict[str, str]:
     token = str(integration.connection.value["token"])
     return {
@@ -103,7 +115,7 @@ def _license_body(
     body: dict[str, Any] = {}
     expires = fields.get("expires")
     if expires not in (None, ""):
-        body["expires"] = str(expires)
+        body["expires"] = _normal_time(str(expires))
     elif settings.get("trial_days") is not None:
         body["expires"] = iso(arrival + float(settings["trial_days"]) * _DAY)
     opts: dict[str, Any] = {}
@@ -357,6 +369,13 @@ INTEGRATOR_IO = register(
             *_saas.TIMEOUT_PARAMS,
         ),
         settings=(
+            Param(
+                "link_scope",
+                description="Another entry of the group whose links (e-mail -> licence id) "
+                "this entry reads and writes: set it on expire and delete entries to the name "
+                "of the license entry, so they address the licences it created.",
+                example="licences",
+            ),
             Param(
                 "invalid_user_retry_every",
                 "number",
