@@ -1,10 +1,10 @@
 """The admin API: a sub-application mounted at ``/admin/v1``, behind a bearer token.
 
 Every route of the sub-application (:mod:`gateway.admin.mappings`,
-:mod:`gateway.admin.deliveries`) is guarded by one middleware, :func:`admin_auth`: the
-``GATEWAY_ADMIN_TOKEN`` bearer token, compared in constant time; the API answers
-``403 ADMIN_API_DISABLED`` when the gateway runs without a token. Handlers read the main
-application's state through ``request.config_dict``.
+:mod:`gateway.admin.deliveries`, :mod:`gateway.admin.links`) is guarded by one middleware,
+:func:`admin_auth`: the ``GATEWAY_ADMIN_TOKEN`` bearer token, compared in constant time;
+the API answers ``403 ADMIN_API_DISABLED`` when the gateway runs without a token. Handlers
+read the main application's state through ``request.config_dict``.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import hmac
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from gateway.admin import deliveries, mappings
+from gateway.admin import deliveries, links, mappings
 from gateway.appkeys import ADMIN_TOKEN
 from gateway.errors import ApiError
 
@@ -66,6 +66,7 @@ def create_admin_app(admin_token: str | None) -> web.Application:
     admin[ADMIN_TOKEN] = admin_token or ""
     mappings.add_routes(admin)
     deliveries.add_routes(admin)
+    links.add_routes(admin)
     return admin
 
 

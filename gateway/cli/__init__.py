@@ -9,7 +9,8 @@ defines its sub-parsers next to its handlers:
 - :mod:`~gateway.cli.send`: ``send``, a signed record like a producer's;
 - :mod:`~gateway.cli.mappings`: ``check``, ``preview``, ``integrations``, offline;
 - :mod:`~gateway.cli.deliveries`: ``deliveries``, ``status``, through a running gateway's admin
-  API (:mod:`~gateway.cli.adminclient`).
+  API (:mod:`~gateway.cli.adminclient`);
+- :mod:`~gateway.cli.links`: ``links``, likewise.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from gateway.auth.keys import MasterKeyError
-from gateway.cli import deliveries, keys, mappings, send, serve
+from gateway.cli import deliveries, keys, links, mappings, send, serve
 from gateway.config import SettingsError
 
 __all__ = ["build_parser", "main"]
@@ -32,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Data-forwarding gateway: SigV4-signed flat records in, integrations out.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for family in (serve, keys, send, mappings, deliveries):
+    for family in (serve, keys, send, mappings, deliveries, links):
         family.add_parsers(sub)
     return parser
 
