@@ -427,9 +427,10 @@ INTEGRATOR_IO = register(
                 fields=(_EMAIL,),
             ),
         ),
-        # One licence a request; records for one e-mail go in order (link_key is the default
-        # ordering key).
-        default_options={"batch_size": 1, "concurrency": 4, "rate_limit": 5},
+        # One licence a request, one request at a time: two records for one e-mail in flight
+        # together would both create (a second licence or a refusal). link_key is the default
+        # ordering key; once the engine orders by key, concurrency may rise.
+        default_options={"batch_size": 1, "concurrency": 1, "rate_limit": 5},
         build=build,
         read=read,
         send=send,
