@@ -184,6 +184,34 @@ async def test_licence_made_elsewhere_is_found_by_email_and_linked(tmp_path: Pat
         await fake.stop()
 
 
+async def test_a_licence_deleted_elsewhere_is_created_anew_and_relinked(tmp_path: Path) -> None:
+    fake = IntegratorFake(token=TOKEN)
+    rig = await _setup(tmp_path, fake, [_entry("licences", "{url}", "license")])
+    try:
+        (first,) = await rig.add(["licences"], {"email": "dee@example.com"})
+        assert (await rig.wait_settled([first]))[0].state == DeliveryState.DELIVERED
+        [old] = fake.licenses
+        fake.licenses.clear()  # someone deleted it in integrator.io
+        fake.calls.clear()
+
+        (second,) = await rig.add(["licences"], {"email": "dee@example.com"})
+        (d,) = await rig.wait_settled([second])
+        assert d.state == DeliveryState.DELIVERED, d.last_error
+        assert [(c.method, c.path.rsplit("/", 1)[-1]) for c in fake.calls] == [
+            ("PUT", old),
+            ("GET", "licenses"),
+            ("POST", "licenses"),
+        ]
+        assert fake.calls[-1].body["email"] == "dee@example.com"
+        [new] = fake.licenses
+        assert new != old
+        links = await rig.store.get_links("shop", "licences", ["dee@example.com"])
+        assert links["dee@example.com"].external_id == new
+    finally:
+        await rig.close()
+        await fake.stop()
+
+
 async def test_invalid_user_retries_on_its_slow_schedule_until_the_user_appears(
     tmp_path: Path,
 ) -> None:

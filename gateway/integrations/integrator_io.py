@@ -11,9 +11,10 @@ that licence instead of creating another:
 - ``expire``: ``PUT .../licenses/{_id}`` with ``expires`` = the record's arrival time.
 - ``delete``: ``DELETE .../licenses/{_id}`` (``204``; ``404`` counts as done); the link goes.
 
-Without a link (a licence made elsewhere, or before the gateway), the send step finds the
-licence with ``GET .../licenses`` by ``user.email`` first. Times count from the record's
-arrival, never from the send, so a retry never moves a date.
+Without a link (a licence made elsewhere, or before the gateway), or when the linked licence
+answers ``404`` (deleted elsewhere), the send step finds the licence with ``GET .../licenses``
+by ``user.email`` first, and creates it anew for ``license`` when there is none. Times
+count from the record's arrival, never from the send, so a retry never moves a date.
 
 Errors: ``invalid_user`` on create (no integrator.io account for the e-mail yet) retries on a
 slow schedule of its own (``invalid_user_retry_every``, ``invalid_user_retry_for``), then the
@@ -221,12 +222,17 @@ def _find(doc: Any, email: str) -> str | None:
 
 
 async def send(integration: Any, request: OutboundRequest, ctx: SendContext) -> Response:
-    """Send as built when the licence id is known; otherwise find the licence by e-mail
-    first (``GET .../licenses``) and address it, or create it (``license``), or call it done
-    (``delete``), or refuse (``expire``: nothing to expire)."""
+    """Send as built when the licence id is known. Otherwise, or when the linked licence is
+    gone (``404``: deleted elsewhere), find the licence by e-mail first (``GET .../licenses``)
+    and address it, or create it (``license``), or call it done (``delete``), or refuse
+    (``expire``: nothing to expire)."""
     c = request.context
-    if not isinstance(c, _Context) or c.external_id is not None:
+    if not isinstance(c, _Context):
         return await ctx.http(request)
+    if c.external_id is not None:
+        answer = await ctx.http(request)
+        if answer.status != 404 or c.action == "delete":
+            return answer
     lookup = OutboundRequest(
         "GET",
         c.collection,
@@ -239,9 +245,14 @@ async def send(integration: Any, request: OutboundRequest, ctx: SendContext) -> 
     if found.status != 200:
         return replace(found, detail={"phase": "lookup"})
     lic_id = _find(_saas.loads(found.body), c.email)
+    doc = _saas.loads(request.body) if request.body else None
     if lic_id is None:
         if c.action == "license":
-            return await ctx.http(request)
+            create = {"email": c.email, **{k: v for k, v in (doc or {}).items() if k != "email"}}
+            answer = await ctx.http(
+                replace(request, method="POST", url=c.collection, body=_saas.dumps(create))
+            )
+            return replace(answer, detail={"created": True})
         if c.action == "delete":
             return Response(204, {}, b"", detail={"absent": True})
         message = f"no integrator.io licence for {c.email} to expire"
@@ -249,9 +260,8 @@ async def send(integration: Any, request: OutboundRequest, ctx: SendContext) -> 
     url = f"{c.collection}/{quote(lic_id, safe='')}"
     body = request.body
     if c.action == "license":
-        doc = _saas.loads(body) or {}
-        doc.pop("email", None)  # an update never names the e-mail
-        body = _saas.dumps(doc)
+        update = {k: v for k, v in (doc or {}).items() if k != "email"}  # never on an update
+        body = _saas.dumps(update)
     method = "PUT" if c.action != "delete" else "DELETE"
     answer = await ctx.http(replace(request, method=method, url=url, body=body))
     return replace(answer, detail={"external_id": lic_id})
@@ -287,7 +297,8 @@ def read(request: OutboundRequest, response: Response) -> list[Outcome]:
         if c.action == "delete":
             link = LinkResult(c.key, None)
         else:
-            ext = detail.get("external_id") or c.external_id
+            created = detail.get("created") or request.method == "POST"
+            ext = detail.get("external_id") or (None if created else c.external_id)
             if ext is None and isinstance(doc, dict) and doc.get("_id"):
                 ext = str(doc["_id"])
             if ext is None:
