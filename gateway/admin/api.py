@@ -2,11 +2,11 @@
 
 Every route of the sub-application (:mod:`gateway.admin.mappings`,
 :mod:`gateway.admin.groups`, :mod:`gateway.admin.keys`, :mod:`gateway.admin.deliveries`,
-:mod:`gateway.admin.openapi`, :mod:`gateway.admin.tokens`) is guarded by one middleware,
-:func:`admin_auth`: the ``GATEWAY_ADMIN_TOKEN`` bearer token, compared in constant time, or a
-scoped token (:mod:`gateway.admin.tokens`) limited by role and groups; the API answers
-``403 ADMIN_API_DISABLED`` when the gateway runs without a token. Handlers read the main
-application's state through ``request.config_dict``.
+:mod:`gateway.admin.openapi`, :mod:`gateway.admin.tokens`, :mod:`gateway.admin.links`) is
+guarded by one middleware, :func:`admin_auth`: the ``GATEWAY_ADMIN_TOKEN`` bearer token,
+compared in constant time, or a scoped token (:mod:`gateway.admin.tokens`) limited by role and
+groups; the API answers ``403 ADMIN_API_DISABLED`` when the gateway runs without a token.
+Handlers read the main application's state through ``request.config_dict``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import hmac
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from gateway.admin import deliveries, groups, keys, mappings, openapi, tokens
+from gateway.admin import deliveries, groups, keys, links, mappings, openapi, tokens
 from gateway.appkeys import ADMIN_TOKEN, RELOADER
 from gateway.errors import ApiError
 
@@ -90,6 +90,7 @@ def create_admin_app(admin_token: str | None) -> web.Application:
     deliveries.add_routes(admin)
     openapi.add_routes(admin)
     tokens.add_routes(admin)
+    links.add_routes(admin)
     return admin
 
 

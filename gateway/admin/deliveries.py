@@ -164,6 +164,7 @@ def attempt_view(a: Attempt) -> dict[str, Any]:
         "status": a.status,
         "error": a.error,
         "mapping_version": a.mapping_version,
+        "link": a.link,  # the link this attempt wrote, e.g. "a@b.se -> lic_1"
     }
 
 

@@ -12,6 +12,7 @@ defines its sub-parsers next to its handlers:
 - :mod:`~gateway.cli.deliveries`: ``deliveries``, ``status``, through a running gateway's admin
   API (:mod:`~gateway.cli.adminclient`);
 - :mod:`~gateway.cli.groups`: ``groups``, ``tokens``, through the same API.
+- :mod:`~gateway.cli.links`: ``links``, likewise.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from gateway.auth.keys import MasterKeyError
-from gateway.cli import deliveries, groups, keys, mappings, send, serve
+from gateway.cli import deliveries, groups, keys, links, mappings, send, serve
 from gateway.config import SettingsError
 
 __all__ = ["build_parser", "main"]
@@ -34,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Data-forwarding gateway: SigV4-signed flat records in, integrations out.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for family in (serve, keys, send, mappings, deliveries, groups):
+    for family in (serve, keys, send, mappings, deliveries, groups, links):
         family.add_parsers(sub)
     return parser
 

@@ -18,7 +18,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import orjson
 
@@ -30,9 +30,11 @@ from gateway.integrations import destinations, redact
 from gateway.integrations.base import (
     BuildErrors,
     BuildUnavailable,
+    LinkedBuilder,
     OutboundRequest,
     Outcome,
     OutcomeKind,
+    RecordContext,
     Response,
     TransportError,
 )
@@ -50,9 +52,18 @@ from gateway.store.base import (
     ClaimedDelivery,
     DeliveryState,
     DeliveryUpdate,
+    LinkWrite,
     Store,
     StoreError,
 )
+
+
+def link_scope(integration: CompiledIntegration) -> str:
+    """Whose links an entry reads and writes: its own (its name) unless its ``link_scope``
+    setting names another entry of the group (an ``expire`` entry sharing the links of the
+    entry that created the licences)."""
+    scope = integration.settings.value.get("link_scope")
+    return str(scope) if scope else integration.name
 
 
 class EngineHooks:
@@ -74,6 +85,7 @@ class _Item:
     claimed: ClaimedDelivery
     fields: dict[str, Any] | None = None
     outcome: Outcome | None = None
+    context: RecordContext | None = None  # for types that declare link_key
 
 
 class EngineSide(Protocol):
@@ -131,6 +143,7 @@ class Attempts:
         t0 = time.perf_counter()
         version: str | None = None
         items = [_Item(c) for c in batch]
+        integration: CompiledIntegration | None = None
         try:
             mapping = self.mappings.get(lane.group_key)
             integration = mapping.integration(lane.integration) if mapping else None
@@ -175,7 +188,7 @@ class Attempts:
                 lane.breaker.probe_returned()
                 lane.probe_done.set()
         duration_ms = (time.perf_counter() - t0) * 1000
-        await self._record(lane, items, started, duration_ms, version)
+        await self._record(lane, items, started, duration_ms, version, integration)
 
     @staticmethod
     def _settle(
@@ -203,6 +216,10 @@ class Attempts:
                 # A refusal says the token endpoint is up; no answer counts as a failure.
                 self._feed_breaker(lane, exc.permanent)
                 return
+        if integration.type.link_key is not None and not await self._links(
+            lane, integration, items
+        ):
+            return
         requests = await self._build(integration, [it for it in items if it.outcome is None])
         if not requests:
             return
@@ -217,21 +234,57 @@ class Attempts:
         by_id = {it.claimed.delivery.id: it for it in items}
         await asyncio.gather(*(self._send_one(lane, integration, r, by_id) for r in requests))
 
+    async def _links(
+        self, lane: Lane, integration: CompiledIntegration, items: list[_Item]
+    ) -> bool:
+        """Give each live item its :class:`RecordContext`: its link key and the link stored
+        for it. False (every item to retry) when the store cannot answer."""
+        link_key = integration.type.link_key
+        assert link_key is not None
+        keys: dict[str, str | None] = {}
+        for it in items:
+            if it.outcome is None:
+                try:
+                    keys[it.claimed.delivery.id] = link_key(it.fields or {})
+                except (ValueError, TypeError, KeyError):
+                    keys[it.claimed.delivery.id] = None  # the build step says what is wrong
+        wanted = [k for k in keys.values() if k]
+        try:
+            links = await self.store.get_links(lane.group_key, link_scope(integration), wanted)
+        except StoreError as exc:
+            self._settle(items, OutcomeKind.RETRY, f"cannot read links: {exc}")
+            return False
+        for it in items:
+            did = it.claimed.delivery.id
+            if did in keys:
+                key = keys[did]
+                stored = links.get(key) if key else None
+                it.context = RecordContext(
+                    it.claimed.received_at, key, stored.external_id if stored else None
+                )
+        return True
+
     async def _build(
         self, integration: CompiledIntegration, items: list[_Item]
     ) -> list[OutboundRequest]:
         """The requests for the items; records the builder refuses become permanent."""
         build = integration.type.build
+        linked = integration.type.link_key is not None
         live = items
         while live:
             batch = [(it.claimed.delivery.id, it.fields or {}) for it in live]
+            kwargs: dict[str, Any] = {"tokens": self.tokens.get}
+            if linked:
+                kwargs["records"] = {
+                    it.claimed.delivery.id: it.context for it in live if it.context is not None
+                }
             try:
                 blocking = integration.type.blocking_build
                 if blocking(integration) if callable(blocking) else blocking:
                     return await asyncio.to_thread(
-                        build, integration, batch, tokens=self.tokens.get
+                        cast(LinkedBuilder, build), integration, batch, **kwargs
                     )
-                return build(integration, batch, tokens=self.tokens.get)
+                return cast(LinkedBuilder, build)(integration, batch, **kwargs)
             except BuildErrors as exc:
                 for it in live:
                     err = exc.errors.get(it.claimed.delivery.id)
@@ -280,7 +333,7 @@ class Attempts:
             it = by_id.get(o.delivery_id)
             if it is not None and it.outcome is None:
                 it.outcome = o
-        self._judge_lane(lane, response)
+        self._judge_lane(lane, response, integration.type.breaker_statuses)
         self.hooks.attempt(lane, outcomes, time.perf_counter() - t0)
 
     async def _exchange(
@@ -333,14 +386,21 @@ class Attempts:
             ]
         return [read_out.get(o.delivery_id, o) for o in by_status]
 
-    def _judge_lane(self, lane: Lane, response: Response | TransportError) -> None:
-        """Feed the breaker; obey the integration's own rate limit for the whole lane."""
+    def _judge_lane(
+        self,
+        lane: Lane,
+        response: Response | TransportError,
+        failing: frozenset[int] = frozenset(),
+    ) -> None:
+        """Feed the breaker (``failing``: the type's further failing statuses); obey the
+        integration's own rate limit for the whole lane."""
         now = time.monotonic()
         before = lane.breaker.state(now)
         if isinstance(response, TransportError):
             ok = response.permanent  # a refused destination says nothing of the integration
         else:
-            ok = not (response.status >= 500 or response.status == 408)
+            status = response.status
+            ok = not (status >= 500 or status == 408 or status in failing)
             if response.status == 429:
                 wait = policy.wait_from_headers(response.headers, self._clock())
                 if wait is None:
@@ -380,6 +440,7 @@ class Attempts:
         started: float,
         duration_ms: float,
         version: str | None,
+        integration: CompiledIntegration | None = None,
     ) -> None:
         now = self._clock()
         updates = []
@@ -391,14 +452,31 @@ class Attempts:
             o.error = redact.scrub(o.error, secrets)
             attempts = d.attempts + 1
             attempt = Attempt(d.id, started, duration_ms, o.status, o.error, version)
+            link = None
             if o.kind == OutcomeKind.DELIVERED:
                 state, at, error = DeliveryState.DELIVERED, now, None
                 c.delivered += 1
                 c.last_success_at = now
+                if o.link is not None and integration is not None:
+                    link = LinkWrite(
+                        lane.group_key,
+                        link_scope(integration),
+                        o.link.link_key,
+                        o.link.external_id,
+                    )
+                    attempt.link = link.describe()
             else:
                 retry_at = None
                 error = o.error
-                if o.kind == OutcomeKind.RETRY:
+                if o.kind == OutcomeKind.RETRY and o.retry_until is not None:
+                    # The type's own slow schedule, outside the entry's retry limits.
+                    wait = o.retry_after
+                    if wait is None:
+                        wait = policy.backoff(attempts, lane.config.retry, self._rng)
+                    retry_at = now + wait if now + wait <= o.retry_until else None
+                    if retry_at is None:
+                        error = f"gave up after {attempts} attempts: {o.error}"
+                elif o.kind == OutcomeKind.RETRY:
                     retry_at = policy.next_attempt(
                         attempts,
                         lane.config.retry,
@@ -425,7 +503,8 @@ class Attempts:
                     error,
                     o.status,
                     attempt,
-                    d.ordering_key is not None,
+                    ordered=d.ordering_key is not None,
+                    link=link,
                 )
             )
         lane.finished(duration_ms / 1000)

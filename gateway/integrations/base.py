@@ -99,12 +99,26 @@ class OutboundRequest:
     body: bytes
     delivery_ids: list[str] = field(default_factory=list)
     secret_headers: frozenset[str] = frozenset()
+    # What the type's own send and read steps need to know of the request beyond HTTP (the
+    # link key it is about, the record's arrival time): never sent, never shown.
+    context: Any = None
 
 
 #: ``tokens(integration) -> access token``: where a builder gets an OAuth2 token. The delivery
 #: engine fetches and caches tokens (refreshing on expiry and once on a 401) and hands build a
 #: provider that reads its cache; previews pass one that answers ``***`` and fetch nothing.
 TokenProvider = Callable[["CompiledIntegration"], str]
+
+
+@dataclass(frozen=True, slots=True)
+class RecordContext:
+    """What the engine knows of a record beyond its mapped fields, for types that declare a
+    ``link_key`` (see :class:`LinkedBuilder`): when it arrived (epoch seconds; stable across
+    retries, unlike the clock) and the id the integration gave its link key earlier, if any."""
+
+    received_at: float
+    link_key: str | None = None
+    external_id: str | None = None
 
 
 class Builder(Protocol):
@@ -124,6 +138,23 @@ class Builder(Protocol):
         *,
         now: float | None = None,
         tokens: TokenProvider | None = None,
+    ) -> list[OutboundRequest]: ...
+
+
+class LinkedBuilder(Protocol):
+    """The builder of a type that declares ``link_key``: a :class:`Builder` that also takes
+    ``records``, ``{delivery_id: RecordContext}`` for the batch (the engine looks the links up
+    in the store before building; a preview passes none, and the builder then builds as for a
+    record without a link, timed from ``now``)."""
+
+    def __call__(
+        self,
+        integration: CompiledIntegration,
+        batch: list[tuple[str, dict[str, Any]]],
+        *,
+        now: float | None = None,
+        tokens: TokenProvider | None = None,
+        records: Mapping[str, RecordContext] | None = None,
     ) -> list[OutboundRequest]: ...
 
 
@@ -175,15 +206,34 @@ class OutcomeKind(StrEnum):
     PERMANENT = "permanent"  # will not succeed as it is: dead, with the reason
 
 
+@dataclass(frozen=True, slots=True)
+class LinkResult:
+    """A link a delivered outcome asks the engine to remember: the integration calls the
+    record's ``link_key`` ``external_id`` from now on (None: forget it, the thing is gone).
+    Stored in the transaction that marks the delivery delivered."""
+
+    link_key: str
+    external_id: str | None
+
+
 @dataclass(slots=True)
 class Outcome:
-    """One delivery's outcome. ``retry_after``: the integration's own wait, in seconds."""
+    """One delivery's outcome. ``retry_after``: the integration's own wait, in seconds.
+
+    ``link``: with a delivered outcome, the link to store (see :class:`LinkResult`).
+    ``retry_until``: with a retry, the type's own schedule: retried every ``retry_after``
+    seconds until this epoch time, regardless of the entry's ``retry`` limits (a vendor
+    condition known to clear slowly, e.g. a user who has not signed up yet); past it the
+    delivery is dead with this outcome's error.
+    """
 
     delivery_id: str
     kind: OutcomeKind
     status: int | None = None
     error: str | None = None
     retry_after: float | None = None
+    link: LinkResult | None = None
+    retry_until: float | None = None
 
 
 class Reader(Protocol):
@@ -253,6 +303,15 @@ class IntegrationType:
     # ``connection.auth`` ({type: oauth2_client_credentials, token_url, client_id, ...}); the
     # delivery engine's token cache then fetches and refreshes tokens for it as for http.
     oauth2: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    # Links (docs/links-and-rollups.md): a type that remembers what the integration called a
+    # record's subject declares how to find the subject's key in a mapped record (an e-mail).
+    # Its build is then a LinkedBuilder, its read may return Outcome.link, and the key is the
+    # entry's default ordering key (records for one subject go in order).
+    link_key: Callable[[dict[str, Any]], str | None] | None = None
+    # Statuses besides 5xx and 408 that count as failed requests for the lane's breaker (401
+    # where refused credentials will refuse every record: stop and probe instead of burning
+    # the backlog into dead deliveries).
+    breaker_statuses: frozenset[int] = frozenset()
 
     def action(self, name: str | None) -> Action | None:
         """The named action; with no name, the only one (None when there are several)."""

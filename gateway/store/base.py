@@ -151,6 +151,45 @@ class Attempt:
     status: int | None
     error: str | None
     mapping_version: str | None
+    link: str | None = None  # the link this attempt wrote or forgot, e.g. "a@b.se -> lic_1"
+
+
+@dataclass(slots=True)
+class Link:
+    """What an integration called a record's subject: (group, integration, link key) ->
+    ``external_id`` (a licence id, a contact id), set by the delivery that created it."""
+
+    group_key: str
+    integration: str
+    link_key: str
+    external_id: str
+    delivery_id: str | None
+    created_at: float
+    updated_at: float
+
+
+@dataclass(slots=True)
+class LinkWrite:
+    """A link to store with a delivered update: ``external_id`` None forgets the link (the
+    integration deleted what it named)."""
+
+    group_key: str
+    integration: str
+    link_key: str
+    external_id: str | None
+
+    def describe(self) -> str:
+        """The link as the attempt history shows it."""
+        return f"{self.link_key} -> {self.external_id if self.external_id else '(forgotten)'}"
+
+
+@dataclass(slots=True)
+class LinkFilter:
+    """Which links to list. Every field set narrows the result."""
+
+    group_key: str | None = None
+    integration: str | None = None
+    link_key: str | None = None
 
 
 @dataclass(slots=True)
@@ -169,6 +208,9 @@ class DeliveryUpdate:
     last_status: int | None = None
     attempt: Attempt | None = None
     ordered: bool = False  # the delivery has an ordering key (its settling frees the next)
+    # Written in the same transaction when the update marks the delivery delivered and still
+    # holds the lease (ignored otherwise).
+    link: LinkWrite | None = None
 
 
 @dataclass(slots=True)
@@ -476,6 +518,21 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def paused_lanes(self) -> set[tuple[str, str]]:
         """Every paused lane as (group_key, integration)."""
+
+    # -- links --------------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def get_links(
+        self, group_key: str, integration: str, link_keys: list[str]
+    ) -> dict[str, Link]:
+        """The stored links of one integration entry for ``link_keys``, by link key (keys
+        without a link are absent)."""
+
+    @abc.abstractmethod
+    async def list_links(
+        self, flt: LinkFilter, *, cursor: str | None = None, limit: int = 100
+    ) -> Page[Link]:
+        """Links matching ``flt`` ordered by (group, integration, link key), one page at a
+        time."""
 
     @abc.abstractmethod
     async def purge_delivered(self, before: float, limit: int = 5000) -> int:

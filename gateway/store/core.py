@@ -54,6 +54,9 @@ from gateway.store.base import (
     IngestResult,
     IngestWrite,
     LaneStats,
+    Link,
+    LinkFilter,
+    LinkWrite,
     MappingVersion,
     Page,
     Store,
@@ -247,6 +250,30 @@ def admin_token(row: Row) -> AdminToken:
     return AdminToken(row[0], row[1], row[2], groups, row[4], row[5], row[6])
 
 
+def link(row: Row) -> Link:
+    """A Link from a row of ``queries.LINK_COLS``."""
+    return Link(row[0], row[1], row[2], row[3], row[4], row[5], row[6])
+
+
+def link_writes(
+    updates: Iterable[tuple[str, LinkWrite]], now: float
+) -> tuple[list[Row], list[Row]]:
+    """``(delivery_id, link)`` pairs of delivered updates as rows of ``queries.UPSERT_LINK``
+    and ``queries.DELETE_LINK``. One row per link: when one group of updates names a link
+    twice, the last one wins (an upsert may not touch a row twice in one statement)."""
+    last: dict[tuple[str, str, str], tuple[str, LinkWrite]] = {}
+    for did, w in updates:
+        last[(w.group_key, w.integration, w.link_key)] = (did, w)
+    upserts: list[Row] = []
+    deletes: list[Row] = []
+    for (g, i, k), (did, w) in last.items():
+        if w.external_id:
+            upserts.append((g, i, k, w.external_id, did, now, now))
+        else:
+            deletes.append((g, i, k))
+    return upserts, deletes
+
+
 def access_key_params(key: AccessKey) -> tuple[Any, ...]:
     """``key`` as the parameters of ``queries.INSERT_ACCESS_KEY``."""
     return (
@@ -331,6 +358,24 @@ def decode_cursor(cursor: str) -> str:
     if not value or not value.isprintable():
         raise ValueError(f"invalid cursor {cursor!r}")
     return value
+
+
+def encode_link_cursor(last: Link) -> str:
+    """A links page cursor: the last (group, integration, link key) seen."""
+    raw = orjson.dumps([last.group_key, last.integration, last.link_key])
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def decode_link_cursor(cursor: str) -> tuple[str, str, str]:
+    """The (group, integration, link key) inside a links cursor; ValueError if not ours."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        value = orjson.loads(raw)
+    except (binascii.Error, ValueError):
+        raise ValueError(f"invalid cursor {cursor!r}") from None
+    if not (isinstance(value, list) and len(value) == 3 and all(isinstance(v, str) for v in value)):
+        raise ValueError(f"invalid cursor {cursor!r}")
+    return value[0], value[1], value[2]
 
 
 def narrow(flt: DeliveryFilter, where: list[str], params: list[Any]) -> None:
@@ -763,6 +808,54 @@ class GroupCommitStore(Store):
     async def list_attempts(self, delivery_id: str) -> list[Attempt]:
         """Every recorded attempt of a delivery, oldest first."""
         return [Attempt(*r) for r in await self._fetch(queries.LIST_ATTEMPTS, (delivery_id,))]
+
+    # -- links --------------------------------------------------------------------------------
+    async def get_links(
+        self, group_key: str, integration: str, link_keys: list[str]
+    ) -> dict[str, Link]:
+        """The stored links of one integration entry for ``link_keys``, by link key."""
+        keys = sorted(set(link_keys))
+        if not keys:
+            return {}
+        sql = (
+            queries.SELECT_LINKS
+            + " WHERE group_key = ? AND integration = ? AND link_key IN ("
+            + ", ".join("?" * len(keys))
+            + ")"
+        )
+        rows = await self._fetch(sql, [group_key, integration, *keys])
+        return {r[2]: link(r) for r in rows}
+
+    async def list_links(
+        self, flt: LinkFilter, *, cursor: str | None = None, limit: int = 100
+    ) -> Page[Link]:
+        """Links matching ``flt`` by (group, integration, link key), ``limit`` per page; the
+        cursor is the last key of the previous page (stable while links are added)."""
+        if limit <= 0:
+            raise ValueError("limit must be positive")
+        where: list[str] = []
+        params: list[Any] = []
+        if cursor is not None:
+            where.append("(group_key, integration, link_key) > (?, ?, ?)")
+            params.extend(decode_link_cursor(cursor))
+        for value, clause in (
+            (flt.group_key, "group_key = ?"),
+            (flt.integration, "integration = ?"),
+            (flt.link_key, "link_key = ?"),
+        ):
+            if value is not None:
+                where.append(clause)
+                params.append(value)
+        params.append(limit + 1)
+        sql = (
+            queries.SELECT_LINKS
+            + (f" WHERE {' AND '.join(where)}" if where else "")
+            + " ORDER BY group_key, integration, link_key LIMIT ?"
+        )
+        rows = await self._fetch(sql, params)
+        items = [link(r) for r in rows[:limit]]
+        more = len(rows) > limit
+        return Page(items, encode_link_cursor(items[-1]) if more else None)
 
     async def claim_deliveries(
         self,

@@ -794,6 +794,12 @@ class PostgresStore(core.GroupCommitStore):
             if a is not None and first[u.delivery_id].attempt is a:
                 attempts.append((u.delivery_id, a))
 
+        links = [
+            (u.delivery_id, u.link)
+            for u in todo
+            if u.link is not None and u.state == DeliveryState.DELIVERED
+        ]
+
         async def apply(c: Conn) -> int:
             now = time.time()
             applied: int = await c.fetchval(
@@ -813,7 +819,18 @@ class PostgresStore(core.GroupCommitStore):
                 [a.status for _, a in attempts],
                 [_text(a.error) for _, a in attempts],
                 [a.mapping_version for _, a in attempts],
+                [a.link for _, a in attempts],
             )
+            if links:
+                # Same transaction: a link is written exactly when its delivery is marked
+                # delivered, and never for an update whose lease was lost.
+                rows = await c.fetch(q.DELIVERED_NOW, [d for d, _ in links], now)
+                done = {r[0] for r in rows}
+                upserts, deletes = core.link_writes([(d, w) for d, w in links if d in done], now)
+                if upserts:
+                    await c.executemany(numbered(queries.UPSERT_LINK), upserts)
+                if deletes:
+                    await c.executemany(numbered(queries.DELETE_LINK), deletes)
             return applied
 
         settled = [u.delivery_id for u in todo if u.ordered and u.state != DeliveryState.PENDING]
@@ -827,7 +844,8 @@ class PostgresStore(core.GroupCommitStore):
 
         if settled:
             return await self._tx(apply_and_unpark)
-        return await self._tx(apply, transaction=False)
+        # One statement is atomic on its own; with links, a transaction holds them together.
+        return await self._tx(apply, transaction=bool(links))
 
     # -- the delivery engine --------------------------------------------------------------
     async def release_deliveries(self, owner: str, ids: list[str], at: float) -> int:

@@ -760,11 +760,24 @@ class SQLiteStore(core.GroupCommitStore):
                     if cur.rowcount:
                         done.add(r[0])
             attempts = [
-                (u.delivery_id, a.started_at, a.duration_ms, a.status, a.error, a.mapping_version)
+                (u.delivery_id, a.started_at, a.duration_ms, a.status, a.error, a.mapping_version,
+                 a.link)
                 for u in updates
                 if (a := u.attempt) is not None and u.delivery_id in done
-            ]
+            ]  # fmt: skip
             _insert_rows(c, q.INSERT_ATTEMPT, attempts)
+            # Links of the deliveries this update marked delivered, in the same transaction.
+            links = [
+                (u.delivery_id, u.link)
+                for u in updates
+                if u.link is not None
+                and u.state == base.DeliveryState.DELIVERED
+                and u.delivery_id in done
+            ]
+            if links:
+                upserts, deletes = core.link_writes(links, now)
+                c.executemany(queries.UPSERT_LINK, upserts)  # rare: a row a statement is fine
+                c.executemany(queries.DELETE_LINK, deletes)
             settled = [
                 u.delivery_id
                 for u in updates

@@ -32,7 +32,10 @@ RECORD_INSERT_COLS = "id, group_key, access_key_id, data, received_at, mapping_v
 DELIVERY_INSERT_COLS = (
     "id, record_id, group_key, integration, next_attempt_at, created_at, updated_at"
 )
-ATTEMPT_COLS = "delivery_id, started_at, duration_ms, status, error, mapping_version"
+# Matches base.Attempt.
+ATTEMPT_COLS = "delivery_id, started_at, duration_ms, status, error, mapping_version, link"
+# Matches base.Link (core.link()).
+LINK_COLS = "group_key, integration, link_key, external_id, delivery_id, created_at, updated_at"
 
 # gateway.ids.record_id(): this prefix, then the creation time in milliseconds as 12 hex
 # digits, then random digits.
@@ -49,6 +52,17 @@ SELECT_RECORD_DELIVERIES = (
 SELECT_DELIVERIES = f"SELECT {DELIVERY_COLS} FROM deliveries"
 SELECT_DELIVERY = f"SELECT {DELIVERY_COLS} FROM deliveries WHERE id = ?"
 LIST_ATTEMPTS = f"SELECT {ATTEMPT_COLS} FROM attempts WHERE delivery_id = ? ORDER BY id"
+
+# Links: followed by conditions built in core.list_links() / core.get_links().
+SELECT_LINKS = f"SELECT {LINK_COLS} FROM links"
+# A link keeps its first created_at; the delivery that wrote it last and when are updated.
+UPSERT_LINK = (
+    f"INSERT INTO links ({LINK_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (group_key, integration, link_key) DO UPDATE SET "
+    "external_id = excluded.external_id, delivery_id = excluded.delivery_id, "
+    "updated_at = excluded.updated_at"
+)
+DELETE_LINK = "DELETE FROM links WHERE group_key = ? AND integration = ? AND link_key = ?"
 
 INSERT_ACCESS_KEY = f"INSERT INTO access_keys ({KEY_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 SELECT_ACCESS_KEY = f"SELECT {KEY_COLS} FROM access_keys WHERE access_key_id = ?"

@@ -67,14 +67,20 @@ UPDATE_DELIVERIES = (
     "$7::int[], $8::bool[]) AS x(id, owner, state, next, err, status, inc, delivered) "
     "WHERE d.id = x.id AND d.lease_owner = x.owner RETURNING d.id), "
     "a AS (INSERT INTO attempts (delivery_id, started_at, duration_ms, status, error, "
-    "mapping_version) SELECT y.did, y.started, y.ms, y.status, y.err, y.mv FROM unnest("
-    "$10::text[], $11::float8[], $12::float8[], $13::int[], $14::text[], $15::text[]) "
-    "WITH ORDINALITY AS y(did, started, ms, status, err, mv, n) "
+    "mapping_version, link) SELECT y.did, y.started, y.ms, y.status, y.err, y.mv, y.link "
+    "FROM unnest($10::text[], $11::float8[], $12::float8[], $13::int[], $14::text[], "
+    "$15::text[], $16::text[]) WITH ORDINALITY AS y(did, started, ms, status, err, mv, link, n) "
     "WHERE y.did IN (SELECT id FROM u) ORDER BY y.n) "
     "SELECT count(*) FROM u"
 )
 # Per-key ordering: the settled deliveries' keys' next ones, if parked (queries.unpark_next).
 UNPARK_NEXT = unpark_next("s.id = ANY(?::text[])")
+# After UPDATE_DELIVERIES in the same transaction: which of the given deliveries that update
+# marked delivered (it set updated_at to $2 and released the lease), so only those write links.
+DELIVERED_NOW = (
+    "SELECT id FROM deliveries WHERE id = ANY($1::text[]) AND state = 'delivered' "
+    "AND updated_at = $2 AND lease_owner IS NULL"
+)
 RELEASE_DELIVERIES = (
     "UPDATE deliveries SET next_attempt_at = ?, lease_owner = NULL, lease_expires_at = NULL, "
     "updated_at = ? WHERE id = ANY(?::text[]) AND lease_owner = ?"

@@ -62,7 +62,7 @@ UPDATE_DELIVERIES_FROM = (
     "FROM u WHERE deliveries.id = u.id AND deliveries.lease_owner = u.owner "
     "RETURNING deliveries.id"
 )
-INSERT_ATTEMPT = f"INSERT INTO attempts ({ATTEMPT_COLS}) VALUES (?, ?, ?, ?, ?, ?)"
+INSERT_ATTEMPT = f"INSERT INTO attempts ({ATTEMPT_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
 # Per-key ordering: the settled deliveries' keys' next ones, if parked (queries.unpark_next).
 UNPARK_NEXT = unpark_next("s.id IN (SELECT value FROM json_each(?))")
 # Gives a lease back unsent: no attempt, state and last error untouched.
