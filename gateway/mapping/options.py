@@ -106,6 +106,47 @@ class DestinationOptions(BaseModel):
         return v
 
 
+_ATTR = re.compile(r"^[^\s]+$")
+
+
+class RollupOptions(BaseModel):
+    """Sum the lane's records per key and UTC-aligned window; send one report per bucket
+    (``gateway.delivery.rollup``, docs/links-and-rollups.md)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    window: float = Field(description="Window length, aligned to UTC (1h, 5m, 2s); at least 1s.")
+    by: list[str] = Field(
+        default_factory=list, description="Attributes whose values make a bucket's key."
+    )
+    sum: list[str] = Field(min_length=1, description="Numeric attributes added up per bucket.")
+    grace: float = Field(
+        default=0.0, description="Wait this long after the window ends before sending (5m)."
+    )
+
+    @field_validator("window", "grace", mode="before")
+    @classmethod
+    def _duration(cls, v: Any) -> float:
+        return parse_duration(v)
+
+    @field_validator("window")
+    @classmethod
+    def _window(cls, v: float) -> float:
+        if v < 1 or v != int(v):
+            raise ValueError("a rollup window is a whole number of seconds, at least 1s")
+        return v
+
+    @field_validator("by", "sum")
+    @classmethod
+    def _names(cls, v: list[str]) -> list[str]:
+        for name in v:
+            if not _ATTR.match(name):
+                raise ValueError(f"{name!r} is not an attribute name")
+        if len(set(v)) != len(v):
+            raise ValueError("an attribute is named twice")
+        return v
+
+
 class DeliveryOptions(BaseModel):
     """Delivery behaviour of one integration entry; unset values take the type's defaults."""
 
@@ -127,6 +168,9 @@ class DeliveryOptions(BaseModel):
     )
     destinations: DestinationOptions | None = Field(
         default=None, description="This entry's destination policy, within the gateway's."
+    )
+    rollup: RollupOptions | None = Field(
+        default=None, description="Sum records per key and window; one report per bucket."
     )
 
     @field_validator("rate_limit", mode="before")

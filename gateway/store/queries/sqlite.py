@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from gateway.store import queries
 from gateway.store.queries import (
     ATTEMPT_COLS,
     DELIVERY_INSERT_COLS,
@@ -82,3 +83,10 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
     applied_at REAL NOT NULL
 )
 """
+
+# Rollups: SQLite has one writer, so a plain read inside BEGIN IMMEDIATE is already exclusive.
+ROLLUP_LATEST = queries.ROLLUP_LATEST
+ROLLUP_DUE = (
+    f"SELECT {queries.ROLLUP_DUE_COLS} FROM rollup_buckets WHERE state = 'open' "
+    "AND close_at <= ? ORDER BY close_at LIMIT ?"
+)
