@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|sec|second|m|min|minute|h|hour)\s*$")
 _PER = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h": 3600, "hour": 3600}
@@ -145,6 +145,13 @@ class RollupOptions(BaseModel):
         if len(set(v)) != len(v):
             raise ValueError("an attribute is named twice")
         return v
+
+    @model_validator(mode="after")
+    def _apart(self) -> RollupOptions:
+        both = sorted(set(self.by) & set(self.sum))
+        if both:
+            raise ValueError(f"{', '.join(both)}: an attribute is either a key (by) or summed")
+        return self
 
 
 class DeliveryOptions(BaseModel):

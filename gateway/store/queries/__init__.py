@@ -112,6 +112,7 @@ ROLLUP_ADD = (
 ROLLUP_DUE_COLS = (
     "group_key, integration, bucket_key, window_start, seq, window_end, by_values, sums, records"
 )
+ROLLUP_ANY_DUE = "SELECT 1 FROM rollup_buckets WHERE state = 'open' AND close_at <= ? LIMIT 1"
 ROLLUP_SENT = (
     "UPDATE rollup_buckets SET state = 'sent', delivery_id = ?, updated_at = ? "
     "WHERE group_key = ? AND integration = ? AND bucket_key = ? AND window_start = ? AND seq = ?"
