@@ -39,6 +39,8 @@ from gateway.store.core import report_data
 TICK = 0.5
 #: Buckets turned into reports per store transaction.
 CLOSE_BATCH = 200
+#: How long the answer "does any mapping have a rollup" is kept (seconds).
+ACTIVE_TTL = 2.0
 #: Without any rollup in the live mappings, buckets left by a removed one are still closed,
 #: this often.
 IDLE_TICK = 10.0
@@ -124,6 +126,8 @@ class Rollups:
         self._send = send  # queue reports on their lanes (the engine's routing)
         self._notify = notify  # reports were made: claim now
         self._clock = clock
+        self._active = False
+        self._active_at = -ACTIVE_TTL
 
     def options(self, group_key: str, integration: str) -> RollupOptions | None:
         """The lane's rollup, if its entry has one."""
@@ -186,12 +190,17 @@ class Rollups:
             self._send([c for c, _ in rolled if c.delivery.id in wanted])
 
     def active(self) -> bool:
-        """Whether any live mapping has a rollup entry."""
-        for group in self.mappings.groups():
-            mapping = self.mappings.get(group)
-            if mapping is not None and any(i.options.rollup for i in mapping.integrations):
-                return True
-        return False
+        """Whether any live mapping has a rollup entry (looked up again every
+        :data:`ACTIVE_TTL` seconds: a walk over every group is too much for each tick)."""
+        now = time.monotonic()
+        if now - self._active_at < ACTIVE_TTL:
+            return self._active
+        self._active_at = now
+        self._active = any(
+            mapping is not None and any(i.options.rollup for i in mapping.integrations)
+            for mapping in map(self.mappings.get, self.mappings.groups())
+        )
+        return self._active
 
     async def close_due(self) -> int:
         """Turn every due bucket into its report; how many were made."""
