@@ -10,7 +10,9 @@ import datetime
 import decimal
 import json
 import random
+import signal
 import sqlite3
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -54,20 +56,58 @@ integrations:
 """
 
 
-def _send(gw: GatewayProcess, key: str, secret: str, items: list[dict[str, Any]]) -> list[str]:
-    """One batch; the ids of the records accepted."""
+def _send(gw: GatewayProcess, auth: AWS4Auth, items: list[dict[str, Any]], key: str) -> list[str]:
+    """One batch under an idempotency key, sent again (same key) while the gateway is down or
+    restarting; the ids of the records accepted. A batch cut off by the kill is answered, once
+    the gateway is back, with what it stored (if it did), never stored twice."""
     body = json.dumps({"records": [{"group_key": "usage", "data": d} for d in items]}).encode()
-    r = requests.post(
-        gw.url + "/v1/records/batch",
-        data=body,
-        auth=AWS4Auth(key, secret, "us-east-1", "execute-api"),
-        headers={"Content-Type": "application/json"},
-        timeout=10,
-    )
-    assert r.status_code == 200, r.text
-    results = r.json()["results"]
-    assert all(x["status"] == "accepted" for x in results), results
-    return [x["id"] for x in results]
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            r = requests.post(
+                gw.url + "/v1/records/batch",
+                data=body,
+                auth=auth,
+                headers={"Content-Type": "application/json", "Idempotency-Key": key},
+                timeout=10,
+            )
+        except requests.ConnectionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+            continue
+        assert r.status_code == 200, r.text
+        results = r.json()["results"]
+        assert all(x["status"] == "accepted" for x in results), results
+        return [x["id"] for x in results]
+
+
+def _load(
+    gw: GatewayProcess, auth: AWS4Auth, batches: list[list[dict[str, Any]]], pace: float
+) -> list[str]:
+    """Send ``batches`` from four threads, one batch every ``pace`` seconds overall."""
+    acked: list[str] = []
+    lock = threading.Lock()
+    todo = list(enumerate(batches))
+
+    def worker() -> None:
+        while True:
+            with lock:
+                if not todo:
+                    return
+                n, batch = todo.pop(0)
+            ids = _send(gw, auth, batch, f"usage-batch-{n}")
+            with lock:
+                acked.extend(ids)
+            time.sleep(pace * 4)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for n, t in enumerate(threads):
+        t.start()
+        time.sleep(pace if n < 3 else 0)
+    for t in threads:
+        t.join(timeout=120)
+    return acked
 
 
 def _stored(db: Path) -> tuple[list[tuple[str, dict[str, Any], float]], dict[str, int]]:
@@ -87,6 +127,39 @@ def _stored(db: Path) -> tuple[list[tuple[str, dict[str, Any], float]], dict[str
     finally:
         con.close()
     return [(i, json.loads(d), t) for i, d, t in rows], states
+
+
+def _unfinished(db: Path) -> int:
+    """Deliveries of the group still pending (claimed or not): records not yet in a bucket."""
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return int(
+            con.execute(
+                "SELECT count(*) FROM deliveries WHERE group_key = 'usage' AND state = 'pending'"
+            ).fetchone()[0]
+        )
+    finally:
+        con.close()
+
+
+def _kill_while_unfinished(gw: GatewayProcess, within: float = 10.0) -> None:
+    """SIGKILL the gateway the moment the store shows records not yet in their buckets (a
+    batch committed, its deliveries not yet added: claimed or about to be)."""
+    assert gw.proc is not None
+    db = gw.data_dir / "gateway.db"
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    deadline = time.monotonic() + within
+    try:
+        while time.monotonic() < deadline:
+            pending = con.execute(
+                "SELECT count(*) FROM deliveries WHERE group_key = 'usage' AND state = 'pending'"
+            ).fetchone()[0]
+            if pending:
+                break
+    finally:
+        con.close()
+    gw.proc.send_signal(signal.SIGKILL)
+    gw.kill()  # waits for it
 
 
 async def test_sigkill_mid_load_gives_one_exact_report_per_customer_and_window(
@@ -113,20 +186,31 @@ async def test_sigkill_mid_load_gives_one_exact_report_per_customer_and_window(
         }
         for _ in range(RECORDS)
     ]
-    acked: list[str] = []
+    batches = [records[n : n + BATCH] for n in range(0, RECORDS, BATCH)]
     try:
         await asyncio.to_thread(gw.start)
         key, secret = await asyncio.to_thread(gw.create_key, "usage")
+        auth = AWS4Auth(key, secret, "us-east-1", "execute-api")
         # Start at a window's beginning and spread the load over about three windows.
         await asyncio.sleep(WINDOW - time.time() % WINDOW)
-        pace = (WINDOW * 3 - 1.5) / (RECORDS / BATCH)
-        for n in range(0, RECORDS, BATCH):
-            if n == RECORDS // 2:
-                # Records are being added to buckets right now: no chance to clean up.
-                await asyncio.to_thread(gw.kill)
-                await asyncio.to_thread(gw.start)
-            acked += await asyncio.to_thread(_send, gw, key, secret, records[n : n + BATCH])
-            await asyncio.sleep(pace)
+        pace = (WINDOW * 3 - 1.5) / len(batches)
+        load = asyncio.create_task(asyncio.to_thread(_load, gw, auth, batches, pace))
+        # Kill 1, mid-load: batches are being stored, records claimed and added to buckets.
+        await asyncio.sleep(WINDOW * 1.5)
+        await asyncio.to_thread(_kill_while_unfinished, gw)
+        in_flight = _unfinished(gw.data_dir / "gateway.db")
+        await asyncio.to_thread(gw.start)
+        acked = await load
+        # Kill 2, while a report is at Automatum and its answer not yet back: the restarted
+        # process sends that report again, under the same key.
+        fake.delay = 1.0
+        deadline = time.monotonic() + WINDOW + GRACE + 20
+        while not fake.delayed and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+        assert fake.delayed, "no report was made"
+        await asyncio.to_thread(gw.kill)
+        fake.delay = 0.0
+        await asyncio.to_thread(gw.start)
         # Wait for every report: the last window ends, then its grace, then the send.
         deadline = time.monotonic() + WINDOW + GRACE + 30
         stored: list[tuple[str, dict[str, Any], float]] = []
@@ -145,9 +229,12 @@ async def test_sigkill_mid_load_gives_one_exact_report_per_customer_and_window(
             await asyncio.to_thread(gw.kill)
         await server.stop()
 
-    # Every accepted record is in the store, and every delivery of the group is done.
+    # The kill left records on their way into buckets, for the restarted process to add.
+    # The first kill left records on their way into buckets, for the restarted one to add.
+    assert in_flight > 0
+    # Every record is accepted once and stored once, and every delivery of the group is done.
     assert len(acked) == RECORDS
-    assert {i for i, _, _ in stored} == set(acked)
+    assert sorted(i for i, _, _ in stored) == sorted(acked)
     assert set(states) == {"delivered"}, states
 
     # Expected: per customer and window (by arrival), the exact sums.
@@ -174,14 +261,17 @@ async def test_sigkill_mid_load_gives_one_exact_report_per_customer_and_window(
     assert got == {k: [int(u), c] for k, (u, c) in expected.items()}
 
     # No report went out under two keys, and a key sent again carried the same report.
-    sent = [r for r in server.requests if r.path == METERING_PATH]
+    assert fake.replays >= 1  # the report in flight at the second kill, sent again
+    sent = [r for r in server.seen if r.path == METERING_PATH]
     bodies: dict[str, set[bytes]] = collections.defaultdict(set)
     for r in sent:
         bodies[r.headers["Idempotency-Key"]].add(r.body)
     assert all(len(b) == 1 for b in bodies.values())
     assert set(bodies) == set(fake.reports)
+    held = fake.delayed[0]
+    assert sum(r.headers["Idempotency-Key"] == held for r in sent) >= 2
     ok = [k for k, status in fake.answers if status == 200]
     assert len(ok) == len(fake.reports) + fake.replays
-    # One token for the whole run: the first process was killed before any window closed,
-    # and the token lives an hour.
-    assert len(fake.token_requests) == 1
+    # One token per process that sent reports (the second and the third: the first was
+    # killed before any window closed), though a token lives an hour and each sent several.
+    assert len(fake.token_requests) == 2

@@ -64,6 +64,8 @@ class AutomatumFake:
 
     expires_in: int = 3600
     retry_after: str = "1"
+    delay: float = 0.0  # seconds before answering an accepted report (after keeping it)
+    delayed: list[str] = field(default_factory=list)  # keys of reports answered with a delay
     token_requests: list[dict[str, list[str]]] = field(default_factory=list)
     tokens: dict[str, float] = field(default_factory=dict)  # token -> monotonic expiry
     reports: dict[str, Report] = field(default_factory=dict)  # Idempotency-Key -> first report
@@ -128,7 +130,11 @@ class AutomatumFake:
         if problems:
             return envelope(422, "invalid_report", "The report is invalid", problems)
         self.reports[key] = Report(key, body, time.monotonic())
-        return _json(200, {"id": f"rep_{key}", "status": "accepted"})
+        answer = _json(200, {"id": f"rep_{key}", "status": "accepted"})
+        answer.delay = self.delay
+        if self.delay:
+            self.delayed.append(key)
+        return answer
 
 
 def _problems(body: Any) -> list[tuple[str, str]]:
