@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import decimal
 import time
 from pathlib import Path
 from typing import Any
@@ -227,6 +228,9 @@ def test_windows_are_aligned_to_utc_and_amounts_are_exact() -> None:
     for bad in (True, "abc", [1], float("nan"), None):
         with pytest.raises(ValueError, match="is not a number"):
             amount(bad)
+    with pytest.raises(ValueError, match="too large"):
+        amount("1e15")
+    assert amount("-999999999999999.99") == decimal.Decimal("-999999999999999.99")
     opts = RollupOptions.model_validate(
         {"window": "1h", "by": ["customer_id"], "sum": ["units", "charged"], "grace": "5m"}
     )

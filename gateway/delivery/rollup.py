@@ -39,6 +39,8 @@ from gateway.store.core import report_data
 TICK = 0.5
 #: Buckets turned into reports per store transaction.
 CLOSE_BATCH = 200
+#: The largest amount a record may add (exclusive): sums stay exact and fit a JSON number.
+MAX_AMOUNT = decimal.Decimal(10) ** 15
 #: How long the answer "does any mapping have a rollup" is kept (seconds).
 ACTIVE_TTL = 2.0
 #: Without any rollup in the live mappings, buckets left by a removed one are still closed,
@@ -64,6 +66,8 @@ def amount(value: Any) -> decimal.Decimal:
         raise ValueError(f"{value!r} is not a number") from None
     if not out.is_finite():
         raise ValueError(f"{value!r} is not a number")
+    if abs(out) >= MAX_AMOUNT:
+        raise ValueError(f"{value!r} is too large to add up (the limit is 1e15)")
     return out
 
 

@@ -461,9 +461,11 @@ def report_delivery_id(group_key: str, integration: str, key: str, start: float,
 
 
 def _number(value: decimal.Decimal) -> int | float:
-    # JSON has numbers only: whole sums stay integers, others the nearest float (whose
-    # shortest repr is the decimal for any sum of up to 15 significant digits).
-    return int(value) if value == value.to_integral_value() else float(value)
+    # JSON has numbers only: whole sums stay integers (up to 64 bits, where JSON encoders
+    # stop), others the nearest float, whose shortest repr is the decimal for any sum of up
+    # to 15 significant digits.
+    whole = value == value.to_integral_value() and abs(value) < 2**63
+    return int(value) if whole else float(value)
 
 
 def _utc(t: float) -> datetime.datetime:
