@@ -282,3 +282,30 @@ async def test_preview_shows_the_bucket_a_record_would_join(tmp_path: Path) -> N
     assert body["details"]["reportingDate"] == "2026-03-01"
     assert body["details"]["usages"][0]["units"] == 3
     assert e["request"]["headers"]["Authorization"] == "Bearer ***"
+
+
+async def test_a_record_that_cannot_be_summed_is_dead_not_counted(tmp_path: Path) -> None:
+    fake = AutomatumFake()
+    rec, rig = await start(
+        tmp_path,
+        fake,
+        options=", rollup: {window: 1h, by: [customer_id], sum: [units, charged]}",
+    )
+    try:
+        bad = await rig.add(["metering"], {**USAGE, "units": "lots"})
+        good = await rig.add(["metering"], USAGE)
+        done = await rig.wait_settled(bad + good)
+        buckets = await rig.store.rollup_buckets()
+        mapping = rig.registry.get("shop")
+        assert mapping is not None
+        shown = preview(mapping, {**USAGE, "units": "lots"})
+    finally:
+        await rig.close()
+        await rec.stop()
+    assert [d.state for d in done] == [DeliveryState.DEAD, DeliveryState.DELIVERED]
+    assert done[0].last_error == "rollup sum attribute 'units': 'lots' is not a number"
+    assert [(b.records, b.sums) for b in buckets] == [(1, {"units": "3", "charged": "0.75"})]
+    assert not metering(rec)  # nothing is sent per record, and the hour has not ended
+    [e] = shown["integrations"]
+    assert e["rollup"] == {"error": "rollup sum attribute 'units': 'lots' is not a number"}
+    assert "request" not in e
