@@ -270,8 +270,6 @@ async def test_sigkill_mid_load_gives_one_exact_report_per_customer_and_window(
     assert set(bodies) == set(fake.reports)
     held = fake.delayed[0]
     assert sum(r.headers["Idempotency-Key"] == held for r in sent) >= 2
-    ok = [k for k, status in fake.answers if status == 200]
-    assert len(ok) == len(fake.reports) + fake.replays
     # One token per process that sent reports (the second and the third: the first was
     # killed before any window closed), though a token lives an hour and each sent several.
     assert len(fake.token_requests) == 2
