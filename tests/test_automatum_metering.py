@@ -309,3 +309,34 @@ async def test_a_record_that_cannot_be_summed_is_dead_not_counted(tmp_path: Path
     [e] = shown["integrations"]
     assert e["rollup"] == {"error": "rollup sum attribute 'units': 'lots' is not a number"}
     assert "request" not in e
+
+
+async def test_the_token_is_kept_until_60_seconds_before_it_expires(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """expires_in 3600: reports sent 3538 s later still use the first token; from 3541 s on
+    (less than 60 s left) a new one is fetched, once."""
+    from gateway.integrations import oauth2
+
+    offset = 0.0
+
+    class Clock:
+        @staticmethod
+        def monotonic() -> float:
+            return time.monotonic() + offset
+
+    monkeypatch.setattr(oauth2, "time", Clock)
+    fake = AutomatumFake(expires_in=3600)
+    rec, rig = await start(tmp_path, fake)
+    try:
+        for at in (0.0, 3538.0, 3541.0, 3545.0):
+            offset = at
+            ids = await rig.add(["metering"], USAGE)
+            [done] = await rig.wait_settled(ids)
+            assert done.state == DeliveryState.DELIVERED
+    finally:
+        await rig.close()
+        await rec.stop()
+    auth = [r.headers["Authorization"] for r in metering(rec)]
+    assert auth == ["Bearer atm-token-1"] * 2 + ["Bearer atm-token-2"] * 2
+    assert len(fake.token_requests) == 2
