@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import decimal
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -340,3 +341,28 @@ async def test_the_token_is_kept_until_60_seconds_before_it_expires(
     auth = [r.headers["Authorization"] for r in metering(rec)]
     assert auth == ["Bearer atm-token-1"] * 2 + ["Bearer atm-token-2"] * 2
     assert len(fake.token_requests) == 2
+
+
+def test_gateway_preview_prints_the_bucket_and_fails_on_a_bad_sum(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gateway.cli import main
+
+    mappings = tmp_path / "mappings"
+    mappings.mkdir()
+    Rig.write_mapping(
+        mappings,
+        "shop",
+        [entry("http://127.0.0.1:9", options=", rollup: {window: 1h, by: [customer_id], "
+               "sum: [units], grace: 5m}")],
+    )  # fmt: skip
+    args = ["preview", "--mappings", str(mappings), "--group", "shop", "--data"]
+    assert main([*args, json.dumps(USAGE)]) == 0
+    out = capsys.readouterr().out
+    assert 'rollup: adds {"units": 3} to {"customer_id": "cus_1"} in ' in out
+    assert "the report of this record alone:" in out
+    assert "POST http://127.0.0.1:9/api/v1/metering" in out
+    assert main([*args, json.dumps({**USAGE, "units": "x"})]) == 1
+    out = capsys.readouterr().out
+    assert "rollup error: rollup sum attribute 'units': 'x' is not a number" in out
+    assert "request:" not in out

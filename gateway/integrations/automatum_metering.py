@@ -166,17 +166,6 @@ def read(request: OutboundRequest, response: Response) -> list[Outcome]:
     return _saas.whole_request(request, response, message, retry_after=wait)
 
 
-def check(
-    connection: dict[str, Any], settings: dict[str, Any], fields: list[str]
-) -> list[tuple[str, str]]:
-    """When the mapping loads: the fields a report cannot go without are mapped."""
-    return [
-        (f"fields.{name}", f"{name!r} must be mapped: every report has it")
-        for name in ("customer_id", "units")
-        if name not in fields
-    ]
-
-
 AUTOMATUM_METERING = register(
     IntegrationType(
         name="automatum_metering",
@@ -246,7 +235,6 @@ AUTOMATUM_METERING = register(
         default_options={"batch_size": 1, "concurrency": 2, "rate_limit": 0.2777},
         build=build,
         read=read,
-        check=check,
         oauth2=oauth2,
     )
 )
