@@ -134,6 +134,15 @@ def _entry(integ: CompiledIntegration, data: dict[str, Any], now: float) -> dict
     }
     if not (integ.enabled and entry["matched"]):
         return entry  # no delivery: nothing mapped, nothing built
+    if integ.options.rollup is not None:
+        # Nothing is sent per record: show its bucket, and the report of a bucket holding
+        # only this record (what a real report maps and builds from).
+        from gateway.delivery import rollup
+
+        entry["rollup"], report = rollup.preview(data, integ.options.rollup, now)
+        if report is None:
+            return entry
+        data = report
     try:
         fields = integ.map(data)
     except MappingError as exc:

@@ -43,7 +43,9 @@ async def _claimed(store: Store, *records: NewRecord, owner: str = "w") -> list[
 
 def _delivered(did: str, link: LinkWrite | None, owner: str = "w") -> DeliveryUpdate:
     attempt = Attempt(did, 1001.5, 3.0, 201, None, "v1", link.describe() if link else None)
-    return DeliveryUpdate(did, owner, DeliveryState.DELIVERED, 1001.0, None, 201, attempt, link=link)
+    return DeliveryUpdate(
+        did, owner, DeliveryState.DELIVERED, 1001.0, None, 201, attempt, link=link
+    )
 
 
 async def test_link_written_with_delivery_and_kept_across_restart(

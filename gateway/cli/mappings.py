@@ -109,7 +109,9 @@ def cmd_preview(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
         return 1
-    failed = bool(doc["data_errors"]) or any("error" in i for i in doc["integrations"])
+    failed = bool(doc["data_errors"]) or any(
+        "error" in i or "error" in i.get("rollup", {}) for i in doc["integrations"]
+    )
     if args.json:
         print_json(doc)
         return 1 if failed else 0
@@ -125,6 +127,14 @@ def cmd_preview(args: argparse.Namespace) -> int:
                 f"{k} {e[k]}" for k in ("field", "source", "value") if e.get(k) is not None
             )
             print(f"  error: {e['message']}" + (f" ({where})" if where else ""))
+        if "rollup" in i:  # docs/links-and-rollups.md: the bucket, then the one-record report
+            b = i["rollup"]
+            if "error" in b:
+                print(f"  rollup error: {b['error']}")
+            else:
+                print(f"  rollup: adds {json.dumps(b['adds'])} to {json.dumps(b['key'])} in "
+                      f"{b['window_start']} .. {b['window_end']}, reported after "
+                      f"{b['reported_after']}; the report of this record alone:")  # fmt: skip
         if "fields" in i:
             print("  fields:" if i["fields"] else "  fields: (none mapped)")
             for k, v in i["fields"].items():

@@ -31,6 +31,7 @@ from gateway.appkeys import ENGINE as ENGINE  # its key moved there; importers k
 from gateway.delivery.attempt import Attempts, EngineHooks
 from gateway.delivery.breaker import BreakerState
 from gateway.delivery.lane import Lane, LaneConfig, monotonic_to_wall
+from gateway.delivery.rollup import Rollups
 from gateway.ids import time_id
 from gateway.integrations.oauth2 import TokenCache
 from gateway.integrations.transport import Transport
@@ -103,6 +104,14 @@ class DeliveryEngine:
             rng=self._rng,
             clock=clock,
         )
+        self.rollups = Rollups(
+            store,
+            mappings,
+            self.owner,
+            send=lambda reports: self._spawn(self._route(reports, rollups=False)),
+            notify=self.notify,
+            clock=clock,
+        )
 
     # -- life -----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -116,6 +125,7 @@ class DeliveryEngine:
         self._paused = await self.store.paused_lanes()
         self._paused_checked = time.monotonic()
         self._dispatcher = asyncio.create_task(self._dispatch_loop(), name="delivery-dispatcher")
+        self._spawn(self.rollups.run(lambda: self._stopping))
         logs.log("delivery_started", owner=self.owner, lease_seconds=self.settings.lease_seconds)
 
     async def stop(self) -> None:
@@ -272,8 +282,14 @@ class DeliveryEngine:
         if await self.store.unpark_heads(self._clock()):
             self._wake.set()
 
-    async def _route(self, claimed: list[ClaimedDelivery]) -> None:
-        """Queue each claimed delivery on its lane, or give it back for later."""
+    async def _route(self, claimed: list[ClaimedDelivery], *, rollups: bool = True) -> None:
+        """Queue each claimed delivery on its lane, or give it back for later. Records of a
+        rollup lane go into their buckets instead (its reports come back with ``rollups``
+        off)."""
+        if rollups:
+            claimed, rolled = self.rollups.split(claimed)
+            if rolled:
+                self._spawn(self.rollups.absorb(rolled))
         now = time.monotonic()
         wall = self._clock()
         later: dict[float, list[str]] = {}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|sec|second|m|min|minute|h|hour)\s*$")
 _PER = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h": 3600, "hour": 3600}
@@ -106,6 +106,54 @@ class DestinationOptions(BaseModel):
         return v
 
 
+_ATTR = re.compile(r"^[^\s]+$")
+
+
+class RollupOptions(BaseModel):
+    """Sum the lane's records per key and UTC-aligned window; send one report per bucket
+    (``gateway.delivery.rollup``, docs/links-and-rollups.md)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    window: float = Field(description="Window length, aligned to UTC (1h, 5m, 2s); at least 1s.")
+    by: list[str] = Field(
+        default_factory=list, description="Attributes whose values make a bucket's key."
+    )
+    sum: list[str] = Field(min_length=1, description="Numeric attributes added up per bucket.")
+    grace: float = Field(
+        default=0.0, description="Wait this long after the window ends before sending (5m)."
+    )
+
+    @field_validator("window", "grace", mode="before")
+    @classmethod
+    def _duration(cls, v: Any) -> float:
+        return parse_duration(v)
+
+    @field_validator("window")
+    @classmethod
+    def _window(cls, v: float) -> float:
+        if v < 1 or v != int(v):
+            raise ValueError("a rollup window is a whole number of seconds, at least 1s")
+        return v
+
+    @field_validator("by", "sum")
+    @classmethod
+    def _names(cls, v: list[str]) -> list[str]:
+        for name in v:
+            if not _ATTR.match(name):
+                raise ValueError(f"{name!r} is not an attribute name")
+        if len(set(v)) != len(v):
+            raise ValueError("an attribute is named twice")
+        return v
+
+    @model_validator(mode="after")
+    def _apart(self) -> RollupOptions:
+        both = sorted(set(self.by) & set(self.sum))
+        if both:
+            raise ValueError(f"{', '.join(both)}: an attribute is either a key (by) or summed")
+        return self
+
+
 class DeliveryOptions(BaseModel):
     """Delivery behaviour of one integration entry; unset values take the type's defaults."""
 
@@ -134,6 +182,9 @@ class DeliveryOptions(BaseModel):
     )
     destinations: DestinationOptions | None = Field(
         default=None, description="This entry's destination policy, within the gateway's."
+    )
+    rollup: RollupOptions | None = Field(
+        default=None, description="Sum records per key and window; one report per bucket."
     )
 
     @field_validator("rate_limit", mode="before")

@@ -309,6 +309,52 @@ class Page(Generic[T]):
     next_cursor: str | None
 
 
+@dataclass(slots=True)
+class RollupAdd:
+    """A claimed delivery of a rollup lane, to add to its bucket (see
+    :meth:`Store.rollup_absorb`). ``error``: the record cannot be added (a sum that is not a
+    number); its delivery becomes dead with this reason instead."""
+
+    delivery_id: str
+    lease_owner: str
+    group_key: str
+    integration: str
+    by_values: dict[str, object]  # `by` attribute -> the record's value (None when missing)
+    window_start: float
+    window_end: float
+    grace: float
+    sums: dict[str, str]  # `sum` attribute -> exact decimal, as a string
+    error: str | None = None
+
+
+@dataclass(slots=True)
+class RollupAbsorbed:
+    """What :meth:`Store.rollup_absorb` did with each delivery."""
+
+    added: list[str] = field(default_factory=list)  # in a bucket; the delivery is delivered
+    reports: list[str] = field(default_factory=list)  # a bucket's report: send it
+    dead: list[str] = field(default_factory=list)  # refused (RollupAdd.error)
+    lost: list[str] = field(default_factory=list)  # no longer leased to the caller
+
+
+@dataclass(slots=True)
+class RollupBucket:
+    """One bucket of a rollup lane: a key's sums in one window (``seq`` 0) or a correction
+    of it (``seq`` 1, 2...)."""
+
+    group_key: str
+    integration: str
+    by_values: dict[str, object]
+    window_start: float
+    window_end: float
+    seq: int
+    state: str  # open | sent
+    sums: dict[str, str]
+    records: int
+    close_at: float
+    delivery_id: str | None
+
+
 class Store(abc.ABC):
     """The store interface. Every method may raise :class:`StoreUnavailable`."""
 
@@ -533,6 +579,25 @@ class Store(abc.ABC):
     ) -> Page[Link]:
         """Links matching ``flt`` ordered by (group, integration, link key), one page at a
         time."""
+
+    # -- rollups --------------------------------------------------------------------------
+    async def rollup_absorb(self, adds: list[RollupAdd], now: float) -> RollupAbsorbed:
+        """In one transaction, for each delivery still leased to its owner: a bucket's report
+        is left alone (listed in ``reports``, to be sent); any other is added to the open
+        bucket of its key and window (a correction bucket when that window's report is
+        already made) and marked delivered, or marked dead when it carries an error."""
+        raise NotImplementedError
+
+    async def rollup_close_due(self, now: float, limit: int = 100) -> list[str]:
+        """Turn up to ``limit`` open buckets whose close time has come into reports: each
+        becomes a record and one pending delivery (its id returned), in one transaction."""
+        raise NotImplementedError
+
+    async def rollup_buckets(
+        self, group_key: str | None = None, integration: str | None = None
+    ) -> list[RollupBucket]:
+        """The buckets (of one group / lane when given), by lane, window, key and seq."""
+        raise NotImplementedError
 
     @abc.abstractmethod
     async def purge_delivered(self, before: float, limit: int = 5000) -> int:

@@ -30,15 +30,19 @@ import base64
 import binascii
 import collections
 import contextlib
+import datetime
+import decimal
 import functools
+import hashlib
 import re
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import orjson
 
+from gateway.ids import time_id
 from gateway.store import queries
 from gateway.store.base import (
     AccessKey,
@@ -59,8 +63,12 @@ from gateway.store.base import (
     LinkWrite,
     MappingVersion,
     Page,
+    RollupAbsorbed,
+    RollupAdd,
+    RollupBucket,
     Store,
     StoredRecord,
+    StoreError,
     StoreOverloaded,
     StoreUnavailable,
 )
@@ -473,6 +481,158 @@ def purge_bound(before: float) -> str:
     """
     ms = min(max(int(before * 1000), 0), 16**12 - 1)
     return f"{queries.RECORD_ID_PREFIX}{ms:012x}"
+
+
+# -- rollups: the logic once, as steps each backend drives on its own connection --------------
+#: A step: ("fetch", sql, params) is answered with the rows, ("exec", sql, params) with the
+#: count of rows changed. Written once here; SQLite drives it in its writer thread, PostgreSQL
+#: on its writer task (see :func:`drive`).
+Step = tuple[str, str, Params]
+Steps = Generator[Step, Any, R]
+
+#: ``records.access_key_id`` of a report: no producer's key ever looks like this.
+ROLLUP_SOURCE = "gateway:rollup"
+#: Rounds of "read the latest bucket, open one if needed" before giving up (only concurrent
+#: openers and closers of the same bucket make a second round).
+ROLLUP_ROUNDS = 5
+
+
+def drive(steps: Steps[R], run: Callable[[str, str, Params], Any]) -> R:
+    """Run ``steps`` with a synchronous ``run(op, sql, params)``; their result."""
+    try:
+        step = next(steps)
+        while True:
+            step = steps.send(run(*step))
+    except StopIteration as stop:
+        result: R = stop.value
+        return result
+
+
+def bucket_key(add: RollupAdd) -> str:
+    """A bucket's key column: the ``by`` values in order, as JSON."""
+    return orjson.dumps(list(add.by_values.values())).decode()
+
+
+def add_sums(stored: str, more: dict[str, str]) -> str:
+    """``stored`` (JSON of exact decimals) plus ``more``, exactly, as JSON again."""
+    sums = {k: decimal.Decimal(v) for k, v in orjson.loads(stored).items()}
+    for k, v in more.items():
+        sums[k] = sums.get(k, decimal.Decimal(0)) + decimal.Decimal(v)
+    return orjson.dumps({k: str(v) for k, v in sums.items()}).decode()
+
+
+def report_delivery_id(group_key: str, integration: str, key: str, start: float, seq: int) -> str:
+    """A report's delivery id (its idempotency key): ``dlv_``, the window's start in
+    milliseconds (so a builder can tell the window from the id, like any delivery id's time),
+    then 20 hex digits that only this bucket has."""
+    digest = hashlib.sha256(
+        "\0".join((group_key, integration, key, repr(start), str(seq))).encode()
+    ).hexdigest()
+    return f"dlv_{int(start * 1000):012x}{digest[:20]}"
+
+
+def _number(value: decimal.Decimal) -> int | float:
+    # JSON has numbers only: whole sums stay integers (up to 64 bits, where JSON encoders
+    # stop), others the nearest float, whose shortest repr is the decimal for any sum of up
+    # to 15 significant digits.
+    whole = value == value.to_integral_value() and abs(value) < 2**63
+    return int(value) if whole else float(value)
+
+
+def _utc(t: float) -> datetime.datetime:
+    return datetime.datetime.fromtimestamp(t, datetime.UTC)
+
+
+def report_data(
+    by_values: dict[str, Any], sums: dict[str, str], start: float, end: float, records: int,
+    seq: int,
+) -> dict[str, Any]:  # fmt: skip
+    """The record a bucket becomes: its ``by`` attributes and sums, and what it covers."""
+    data: dict[str, Any] = dict(by_values)
+    data.update({k: _number(decimal.Decimal(v)) for k, v in sums.items()})
+    data.update(
+        rollup_window_start=_utc(start).isoformat().replace("+00:00", "Z"),
+        rollup_window_end=_utc(end).isoformat().replace("+00:00", "Z"),
+        rollup_date=_utc(start).date().isoformat(),
+        rollup_records=records,
+        rollup_sequence=seq,
+        rollup_correction=seq > 0,
+    )
+    return data
+
+
+def rollup_absorb_steps(
+    adds: list[RollupAdd], now: float, latest_sql: str
+) -> Steps[RollupAbsorbed]:
+    """The steps of :meth:`Store.rollup_absorb` (``latest_sql``: the dialect's read of a
+    key's latest bucket, locking it where the dialect needs that)."""
+    out = RollupAbsorbed()
+    # One order for every process: two adding to the same buckets lock them in turn.
+    for a in sorted(adds, key=lambda a: (a.group_key, a.integration, bucket_key(a),
+                                          a.window_start, a.delivery_id)):  # fmt: skip
+        if (yield ("fetch", queries.ROLLUP_IS_REPORT, (a.delivery_id,))):
+            out.reports.append(a.delivery_id)
+            continue
+        if a.error is not None:
+            n = yield (
+                "exec",
+                queries.ROLLUP_DEAD,
+                (now, a.error, now, a.delivery_id, a.lease_owner),
+            )
+            (out.dead if n else out.lost).append(a.delivery_id)
+            continue
+        n = yield ("exec", queries.ROLLUP_DELIVERED, (now, now, now, a.delivery_id, a.lease_owner))
+        if not n:
+            out.lost.append(a.delivery_id)
+            continue
+        key = bucket_key(a)
+        lane_key = (a.group_key, a.integration, key, a.window_start)
+        by_json = orjson.dumps(a.by_values).decode()
+        for _ in range(ROLLUP_ROUNDS):
+            rows = yield ("fetch", latest_sql, lane_key)
+            if rows and rows[0][1] == "open":
+                seq, _state, sums = rows[0]
+                yield ("exec", queries.ROLLUP_ADD, (add_sums(sums, a.sums), now, *lane_key, seq))
+                out.added.append(a.delivery_id)
+                break
+            # No bucket yet: open the window's. Its report made already: open a correction,
+            # due a grace after its first record (the window's own close time has passed).
+            seq = rows[0][0] + 1 if rows else 0
+            close_at = (
+                a.window_end + a.grace if seq == 0 else max(a.window_end + a.grace, now + a.grace)
+            )
+            yield ("exec", queries.ROLLUP_OPEN,
+                   (*lane_key, seq, a.window_end, close_at, by_json, now, now))  # fmt: skip
+        else:
+            raise StoreError(f"no open rollup bucket for delivery {a.delivery_id} after "
+                             f"{ROLLUP_ROUNDS} rounds")  # fmt: skip
+    return out
+
+
+def rollup_close_steps(now: float, limit: int, due_sql: str) -> Steps[list[str]]:
+    """The steps of :meth:`Store.rollup_close_due` (``due_sql``: the dialect's selection of
+    due open buckets, skipping those another process holds where the dialect needs that)."""
+    made: list[str] = []
+    rows = yield ("fetch", due_sql, (now, limit))
+    for g, i, key, start, seq, end, by_json, sums_json, records in rows:
+        pk = (g, i, key, start, seq)
+        did = report_delivery_id(g, i, key, start, seq)
+        data = report_data(orjson.loads(by_json), orjson.loads(sums_json), start, end,
+                           records, seq)  # fmt: skip
+        rid = f"{queries.RECORD_ID_PREFIX}{time_id(int(now * 1000))}"
+        yield ("exec", queries.INSERT_RECORD_ROW,
+               (rid, g, ROLLUP_SOURCE, orjson.dumps(data), now, None))  # fmt: skip
+        yield ("exec", queries.INSERT_DELIVERY_ROW, (did, rid, g, i, now, now, now))
+        yield ("exec", queries.ROLLUP_SENT, (did, now, *pk))
+        made.append(did)
+    return made
+
+
+def rollup_bucket(row: Row) -> RollupBucket:
+    """A RollupBucket from a row of ``queries.ROLLUP_COLS``."""
+    g, i, _key, start, seq, end, close_at, state, by_json, sums, records, _o, _u, did = row
+    return RollupBucket(g, i, orjson.loads(by_json), start, end, seq, state,
+                        orjson.loads(sums), records, close_at, did)  # fmt: skip
 
 
 _QMARK = re.compile(r"\?")
@@ -967,3 +1127,40 @@ class GroupCommitStore(Store):
     async def paused_lanes(self) -> set[tuple[str, str]]:
         """Every paused lane as (group_key, integration)."""
         return {(r[0], r[1]) for r in await self._fetch(queries.LIST_PAUSED_LANES)}
+
+    # -- rollups --------------------------------------------------------------------------
+    _rollup_latest_sql: str  # the dialect's queries.ROLLUP_LATEST (locking where needed)
+    _rollup_due_sql: str  # the dialect's selection of due open buckets
+
+    @abc.abstractmethod
+    async def _run_steps(self, steps: Callable[[], Steps[R]]) -> R:
+        """Drive fresh ``steps()`` on the writer's connection inside its next group
+        transaction (a savepoint of their own); their result. A fresh generator each time:
+        a backend may run a group again after a serialization failure."""
+
+    async def rollup_absorb(self, adds: list[RollupAdd], now: float) -> RollupAbsorbed:
+        """See :meth:`Store.rollup_absorb`."""
+        if not adds:
+            return RollupAbsorbed()
+        latest = self._rollup_latest_sql
+        return await self._run_steps(lambda: rollup_absorb_steps(adds, now, latest))
+
+    async def rollup_close_due(self, now: float, limit: int = 100) -> list[str]:
+        """See :meth:`Store.rollup_close_due`."""
+        if not await self._fetch(queries.ROLLUP_ANY_DUE, (now,)):
+            return []  # the usual answer, without a write transaction
+        due = self._rollup_due_sql
+        return await self._run_steps(lambda: rollup_close_steps(now, limit, due))
+
+    async def rollup_buckets(
+        self, group_key: str | None = None, integration: str | None = None
+    ) -> list[RollupBucket]:
+        """See :meth:`Store.rollup_buckets`."""
+        where: list[str] = []
+        params: list[Any] = []
+        for value, clause in ((group_key, "group_key = ?"), (integration, "integration = ?")):
+            if value is not None:
+                where.append(clause)
+                params.append(value)
+        sql = queries.SELECT_ROLLUPS + (f" WHERE {' AND '.join(where)}" if where else "")
+        return [rollup_bucket(r) for r in await self._fetch(sql + queries.ROLLUPS_ORDER, params)]

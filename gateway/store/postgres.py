@@ -310,6 +310,8 @@ class PostgresStore(core.GroupCommitStore):
 
     _purge_idempotency_sql = q.PURGE_IDEM_CHUNK
     _lane_stats_sql = q.LANE_STATS
+    _rollup_latest_sql = q.ROLLUP_LATEST
+    _rollup_due_sql = q.ROLLUP_DUE
 
     def __init__(
         self,
@@ -846,6 +848,24 @@ class PostgresStore(core.GroupCommitStore):
             return await self._tx(apply_and_unpark)
         # One statement is atomic on its own; with links, a transaction holds them together.
         return await self._tx(apply, transaction=bool(links))
+
+    async def _run_steps(self, steps: Callable[[], core.Steps[R]]) -> R:
+        async def run(c: Conn) -> R:
+            gen = steps()
+            try:
+                op, sql, params = next(gen)
+                while True:
+                    if op == "fetch":
+                        answer: Any = await c.fetch(numbered(sql), *params)
+                    else:
+                        answer = _count(await c.execute(numbered(sql), *params))
+                    op, sql, params = gen.send(answer)
+            except StopIteration as stop:
+                result: R = stop.value
+                return result
+
+        result: R = await self._write(run)
+        return result
 
     # -- the delivery engine --------------------------------------------------------------
     async def release_deliveries(self, owner: str, ids: list[str], at: float) -> int:

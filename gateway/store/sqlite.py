@@ -229,6 +229,8 @@ class SQLiteStore(core.GroupCommitStore):
     # One SQLite file has one delivering process (gateway.workers: worker 0 only).
     single_deliverer = True
     _lane_stats_sql = q.LANE_STATS
+    _rollup_latest_sql = q.ROLLUP_LATEST
+    _rollup_due_sql = q.ROLLUP_DUE
 
     def __init__(
         self,
@@ -792,6 +794,17 @@ class SQLiteStore(core.GroupCommitStore):
         return applied
 
     # -- the delivery engine --------------------------------------------------------------
+    async def _run_steps(self, steps: Callable[[], core.Steps[R]]) -> R:
+        def run(c: sqlite3.Connection) -> R:
+            def step(op: str, sql: str, params: Params) -> Any:
+                cur = c.execute(sql, params)
+                return cur.fetchall() if op == "fetch" else cur.rowcount
+
+            return core.drive(steps(), step)
+
+        result: R = await self._write(run)
+        return result
+
     async def release_deliveries(self, owner: str, ids: list[str], at: float) -> int:
         """Give deliveries still leased to ``owner`` back, due at ``at``; return how many.
 

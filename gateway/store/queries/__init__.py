@@ -210,3 +210,53 @@ BLOCKED_KEYS = (
     "AND (f.created_at, f.id) < (e.created_at, e.id)) "
     "ORDER BY e.group_key, e.integration, e.created_at, e.id LIMIT ?"
 )
+
+
+# -- rollups (core.rollup_absorb_steps / rollup_close_steps) ----------------------------------
+ROLLUP_COLS = (
+    "group_key, integration, bucket_key, window_start, seq, window_end, close_at, state, "
+    "by_values, sums, records, opened_at, updated_at, delivery_id"
+)
+ROLLUP_IS_REPORT = "SELECT 1 FROM rollup_buckets WHERE delivery_id = ?"
+# A delivery of a rollup lane is done once its record is in a bucket: in the same transaction.
+ROLLUP_DELIVERED = (
+    "UPDATE deliveries SET state = 'delivered', attempts = attempts + 1, next_attempt_at = ?, "
+    "delivered_at = ?, last_error = NULL, last_status = NULL, lease_owner = NULL, "
+    "lease_expires_at = NULL, updated_at = ? "
+    "WHERE id = ? AND lease_owner = ? AND state = 'pending'"
+)
+ROLLUP_DEAD = (
+    "UPDATE deliveries SET state = 'dead', attempts = attempts + 1, next_attempt_at = ?, "
+    "last_error = ?, last_status = NULL, lease_owner = NULL, lease_expires_at = NULL, "
+    "updated_at = ? WHERE id = ? AND lease_owner = ? AND state = 'pending'"
+)
+# The latest bucket of a key and window (the dialects add their row lock).
+ROLLUP_LATEST = (
+    "SELECT seq, state, sums FROM rollup_buckets WHERE group_key = ? AND integration = ? "
+    "AND bucket_key = ? AND window_start = ? ORDER BY seq DESC LIMIT 1"
+)
+# A concurrent opener of the same bucket wins; the caller reads the latest bucket again.
+ROLLUP_OPEN = (
+    "INSERT INTO rollup_buckets (group_key, integration, bucket_key, window_start, seq, "
+    "window_end, close_at, state, by_values, sums, records, opened_at, updated_at) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, 'open', ?, '{}', 0, ?, ?) ON CONFLICT DO NOTHING"
+)
+ROLLUP_ADD = (
+    "UPDATE rollup_buckets SET sums = ?, records = records + 1, updated_at = ? "
+    "WHERE group_key = ? AND integration = ? AND bucket_key = ? AND window_start = ? "
+    "AND seq = ? AND state = 'open'"
+)
+ROLLUP_DUE_COLS = (
+    "group_key, integration, bucket_key, window_start, seq, window_end, by_values, sums, records"
+)
+ROLLUP_ANY_DUE = "SELECT 1 FROM rollup_buckets WHERE state = 'open' AND close_at <= ? LIMIT 1"
+ROLLUP_SENT = (
+    "UPDATE rollup_buckets SET state = 'sent', delivery_id = ?, updated_at = ? "
+    "WHERE group_key = ? AND integration = ? AND bucket_key = ? AND window_start = ? AND seq = ?"
+)
+INSERT_RECORD_ROW = f"INSERT INTO records ({RECORD_INSERT_COLS}) VALUES (?, ?, ?, ?, ?, ?)"
+INSERT_DELIVERY_ROW = (
+    f"INSERT INTO deliveries ({DELIVERY_INSERT_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+SELECT_ROLLUPS = f"SELECT {ROLLUP_COLS} FROM rollup_buckets"
+ROLLUPS_ORDER = " ORDER BY group_key, integration, window_start, bucket_key, seq"

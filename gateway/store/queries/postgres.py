@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from gateway.store import queries
 from gateway.store.queries import (
     DELIVERY_INSERT_COLS,
     IDEM_COLS,
@@ -126,3 +127,11 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
     applied_at double precision NOT NULL
 )
 """
+
+# Rollups: the bucket row is locked so two processes adding to it (or one closing it) take
+# turns; the closer skips buckets someone is adding to (it comes back on its next round).
+ROLLUP_LATEST = queries.ROLLUP_LATEST + " FOR UPDATE"
+ROLLUP_DUE = (
+    f"SELECT {queries.ROLLUP_DUE_COLS} FROM rollup_buckets WHERE state = 'open' "
+    "AND close_at <= ? ORDER BY close_at LIMIT ? FOR UPDATE SKIP LOCKED"
+)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from gateway.store import queries
 from gateway.store.queries import (
     ATTEMPT_COLS,
     DELIVERY_INSERT_COLS,
@@ -110,4 +111,11 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 RELEASE_FOREIGN_LEASES = (
     "UPDATE deliveries SET lease_owner = NULL, lease_expires_at = NULL, updated_at = ? "
     "WHERE state = 'pending' AND lease_owner IS NOT NULL AND lease_owner <> ?"
+)
+
+# Rollups: SQLite has one writer, so a plain read inside BEGIN IMMEDIATE is already exclusive.
+ROLLUP_LATEST = queries.ROLLUP_LATEST
+ROLLUP_DUE = (
+    f"SELECT {queries.ROLLUP_DUE_COLS} FROM rollup_buckets WHERE state = 'open' "
+    "AND close_at <= ? ORDER BY close_at LIMIT ?"
 )
