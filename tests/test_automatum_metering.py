@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from gateway.mapping.preview import preview
 
 from gateway.delivery.rollup import amount, bucket_of, window_of
 from gateway.mapping.options import RollupOptions
+from gateway.preview import preview
 from gateway.store.base import DeliveryState
 from tests.support.automatum_fake import CLIENT_ID, CLIENT_SECRET, METERING_PATH, AutomatumFake
 from tests.support.delivery_rig import Rig
