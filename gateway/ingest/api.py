@@ -31,6 +31,7 @@ from gateway.mapping import ordering
 from gateway.mapping.loader import MappingRegistry
 from gateway.store.base import (
     Delivery,
+    IngestResult,
     IngestWrite,
     NewRecord,
     Store,
@@ -190,13 +191,30 @@ def _new_record(
     )
 
 
-def _store_unavailable(exc: StoreUnavailable) -> ApiError:
+def store_unavailable(exc: StoreUnavailable) -> ApiError:
+    """The producer's answer when the store cannot be reached: 503, retry in a few seconds."""
     return ApiError(
         503,
         "STORE_UNAVAILABLE",
         f"The store is unavailable: {exc}",
         headers={"Retry-After": "5"},
     )
+
+
+async def commit_write(ing: Ingest, write: IngestWrite) -> IngestResult:
+    """Commit ``write`` (202 only after this returns); a busy or unreachable store becomes the
+    producer's 503 with the wait it should take."""
+    try:
+        return await ing.store.commit_ingest(write)
+    except StoreOverloaded:
+        raise ApiError(
+            503,
+            "OVERLOADED",
+            "The gateway is busy storing records; retry shortly",
+            headers={"Retry-After": "1"},
+        ) from None
+    except StoreUnavailable as exc:
+        raise store_unavailable(exc) from None
 
 
 async def _commit(
@@ -215,17 +233,7 @@ async def _commit(
         records,
         idempotency.entries(principal.access_key_id, idem_keys, req_hash, status, payload),
     )
-    try:
-        result = await ing.store.commit_ingest(write)
-    except StoreOverloaded:
-        raise ApiError(
-            503,
-            "OVERLOADED",
-            "The gateway is busy storing records; retry shortly",
-            headers={"Retry-After": "1"},
-        ) from None
-    except StoreUnavailable as exc:
-        raise _store_unavailable(exc) from None
+    result = await commit_write(ing, write)
     if not result.committed:
         assert result.replay is not None
         return idempotency.replay_response(result.replay, req_hash)
@@ -367,7 +375,7 @@ async def get_record(request: web.Request) -> web.Response:
     try:
         rec = await ing.store.get_record(rid)
     except StoreUnavailable as exc:
-        raise _store_unavailable(exc) from None
+        raise store_unavailable(exc) from None
     # A record of a group the key may not see is answered as absent, so ids cannot be probed.
     if rec is None or rec.group_key not in principal.key.groups:
         raise ApiError(404, "RECORD_NOT_FOUND", f"No record with id '{rid}'")

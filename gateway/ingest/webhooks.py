@@ -33,7 +33,7 @@ from gateway.appkeys import INGEST
 from gateway.errors import ApiError
 from gateway.ids import delivery_id, record_id
 from gateway.ingest import idempotency, jsonbody
-from gateway.ingest.api import Ingest
+from gateway.ingest.api import Ingest, commit_write, store_unavailable
 from gateway.ingest.body import Held, content_encoding, decode, read_body
 from gateway.ingest.validate import Limits, Problems, validate_data
 from gateway.mapping.webhook_sources import SourceRegistry, WebhookSource
@@ -41,7 +41,6 @@ from gateway.store.base import (
     IdempotencyEntry,
     IngestWrite,
     NewRecord,
-    StoreOverloaded,
     StoreUnavailable,
 )
 
@@ -400,7 +399,7 @@ async def _post_webhook(
     try:
         earlier = await ing.store.get_idempotency(principal, event_key, now)
     except StoreUnavailable as exc:
-        raise _unavailable(exc) from None
+        raise store_unavailable(exc) from None
     if earlier is not None:
         return _replayed(earlier, req_hash, event_id)
     event_type = _event_type(source, event)
@@ -431,17 +430,7 @@ async def _post_webhook(
     entries = idempotency.entries(
         principal, [(event_key, ing.idempotency_ttl)], req_hash, 202, payload
     )
-    try:
-        result = await ing.store.commit_ingest(IngestWrite([rec], entries))
-    except StoreOverloaded:
-        raise ApiError(
-            503,
-            "OVERLOADED",
-            "The gateway is busy storing records; retry shortly",
-            headers={"Retry-After": "1"},
-        ) from None
-    except StoreUnavailable as exc:
-        raise _unavailable(exc) from None
+    result = await commit_write(ing, IngestWrite([rec], entries))
     if not result.committed:
         # The same event committed by a concurrent request between the lookup and now.
         assert result.replay is not None
@@ -449,12 +438,6 @@ async def _post_webhook(
     if ing.on_commit is not None:
         ing.on_commit(1)
     return web.Response(body=payload, status=202, content_type="application/json")
-
-
-def _unavailable(exc: StoreUnavailable) -> ApiError:
-    return ApiError(
-        503, "STORE_UNAVAILABLE", f"The store is unavailable: {exc}", headers={"Retry-After": "5"}
-    )
 
 
 def add_routes(app: web.Application, sources: SourceRegistry) -> None:
