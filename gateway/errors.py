@@ -1,4 +1,4 @@
-"""The error envelope every non-2xx answer of the gateway's own API uses (DESIGN.md section 3).
+"""The error envelope every non-2xx answer of the gateway's own API uses (docs/producers.md).
 
 ``{"error": {"type", "code", "message", "errors"?, ...}}``. Handlers raise :class:`ApiError`;
 the error middleware in :mod:`gateway.app` turns it, and aiohttp's own HTTP exceptions, into

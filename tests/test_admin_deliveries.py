@@ -516,7 +516,7 @@ async def test_lanes_show_breaker_backlog_age_and_every_source(
     assert 0 < hook["breaker_retry_in"] <= 60
     assert hook["backlog"]["pending"] == 3
     assert hook["backlog"]["dead"] == 0
-    assert hook["backlog"]["oldest_pending_age"] >= 0
+    assert 0 <= hook["backlog"]["oldest_pending_age"] < 60  # this test's own records
     created = datetime.fromisoformat(hook["backlog"]["oldest_pending_at"])
     assert abs(created.timestamp() + hook["backlog"]["oldest_pending_age"] - time.time()) < 2
     assert hook["since_start"]["requests"] >= 2

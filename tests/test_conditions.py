@@ -215,7 +215,11 @@ def test_odd_values_in_data_do_not_raise() -> None:
         ("regex", "a"),
     ]:
         for attr in odd:
-            parse_condition({attr: {op: arg}}).matches(odd)
+            # An answer, not an exception; and never a match of a nested value by equality.
+            matched = parse_condition({attr: {op: arg}}).matches(odd)
+            assert isinstance(matched, bool), (attr, op)
+            if op == "eq":
+                assert not matched, attr
 
 
 # -- spec errors -----------------------------------------------------------------------------

@@ -354,7 +354,8 @@ def test_request_log_lines_carry_ids_and_no_secrets_or_data(gw: GatewayProcess) 
     assert ok["status"] == 202
     assert ok["access_key_id"] == key
     assert ok["group"] == "demo"
-    assert ok["latency_ms"] >= 0
+    assert isinstance(ok["latency_ms"], int | float)
+    assert 0 < ok["latency_ms"] < 10_000  # a durable commit takes time, a timeout would not
     refused = [line for line in requests_logged if line["status"] == 401]
     assert refused
     assert refused[0]["code"] == "MISSING_AUTHENTICATION_TOKEN"

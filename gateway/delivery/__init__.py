@@ -1,1 +1,1 @@
-"""The delivery engine: lanes, retry policy, circuit breakers, the dispatcher (DESIGN.md 2, 5)."""
+"""The delivery engine: lanes, retry policy, circuit breakers, the dispatcher (docs/delivery.md)."""

@@ -1,4 +1,4 @@
-"""Flat-data validation: the record shape producers must send (DESIGN.md section 3).
+"""Flat-data validation: the record shape producers must send (docs/producers.md).
 
 ``data`` is flat: each value is a string, number, boolean, null, or a list of those. Every
 offending attribute is named, not only the first, so a producer fixes a record in one round;
