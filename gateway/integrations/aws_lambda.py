@@ -103,7 +103,13 @@ def build(
         r = aws.build_call(conn, "lambda", "invoke", {**params, "Payload": payload}, ids)
         out.append(
             InvokeRequest(
-                r.method, r.url, r.headers, r.body, r.delivery_ids, r.secret_headers, permanent
+                r.method,
+                r.url,
+                r.headers,
+                r.body,
+                r.delivery_ids,
+                r.secret_headers,
+                function_error_permanent=permanent,
             )
         )
     return out

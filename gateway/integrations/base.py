@@ -100,8 +100,9 @@ class OutboundRequest:
     delivery_ids: list[str] = field(default_factory=list)
     secret_headers: frozenset[str] = frozenset()
     # What the type's own send and read steps need to know of the request beyond HTTP (the
-    # link key it is about, the record's arrival time): never sent, never shown.
-    context: Any = None
+    # link key it is about, the record's arrival time): never sent, never shown. Keyword-only,
+    # so a subclass's own fields stay where its positional callers put them.
+    context: Any = field(default=None, kw_only=True)
 
 
 #: ``tokens(integration) -> access token``: where a builder gets an OAuth2 token. The delivery
