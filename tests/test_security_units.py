@@ -10,9 +10,11 @@ import pytest
 import yaml
 
 from gateway.config import SettingsError, load_settings
-from gateway.integrations import destinations
+from gateway.integrations import destinations, oauth2
+from gateway.integrations.base import get_type
 from gateway.integrations.destinations import Policy, Rules, parse_ranges
 from gateway.integrations.http import url_problem
+from gateway.integrations.oauth2 import TokenCache
 from gateway.integrations.redact import CODES, producer_error, scrub, secret_values
 from gateway.mapping.errors import SpecErrors
 from gateway.mapping.model import compile_mapping
@@ -198,3 +200,49 @@ def test_openapi_lists_every_code_producers_may_see() -> None:
     doc = json.loads(resources.files("gateway").joinpath("openapi.json").read_text())
     enum = doc["components"]["schemas"]["Delivery"]["properties"]["last_error_code"]["enum"]
     assert set(enum) == {*CODES, None}
+
+
+class _Entry:
+    """What the token cache reads of an entry: its type and ``connection.value``."""
+
+    def __init__(self, type_name: str, connection: dict[str, object]) -> None:
+        self.type = get_type(type_name)
+        self.connection = type("C", (), {"value": connection})()
+
+
+@pytest.mark.parametrize(
+    ("type_name", "connection"),
+    [
+        (
+            "http",
+            {
+                "url": "https://api.example.com/x",
+                "auth": {
+                    "type": "oauth2_client_credentials",
+                    "token_url": "https://auth.example.com/token",
+                    "client_id": "cid",
+                    "client_secret": "csecret",
+                },
+            },
+        ),
+        # Types that map their own connection keys to OAuth2 (no connection.auth at all).
+        (
+            "salesforce",
+            {
+                "instance_url": "https://acme.my.example.com",
+                "client_id": "cid",
+                "client_secret": "s",
+            },
+        ),
+    ],
+)
+def test_issued_tokens_are_known_for_scrubbing_whatever_the_type(
+    type_name: str, connection: dict[str, object]
+) -> None:
+    cache = TokenCache()
+    entry = _Entry(type_name, connection)
+    assert cache.known(entry) == []
+    cache._tokens[oauth2._key(oauth2.auth_of(entry))] = oauth2._Token("issued-tok-123", 1e12)
+    assert cache.known(entry) == ["issued-tok-123"]
+    cache.invalidate(entry, "issued-tok-123")
+    assert "issued-tok-123" in cache.known(entry)  # a refused token may still be echoed

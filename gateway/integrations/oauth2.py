@@ -101,10 +101,10 @@ class TokenCache:
     def known(self, integration: Any) -> list[str]:
         """The access tokens handed out for the integration that may still be echoed: the
         current one and the last few refused ones (for scrubbing error texts)."""
-        auth = integration.connection.value.get("auth") if self.needs_token(integration) else None
-        if not isinstance(auth, dict):
+        if not self.needs_token(integration):
             return []
-        key = _key(auth)
+        # auth_of: a type may map its own connection keys (salesforce, automatum_metering).
+        key = _key(auth_of(integration))
         token = self._tokens.get(key)
         return [*self._old.get(key, []), *([token.value] if token is not None else [])]
 
