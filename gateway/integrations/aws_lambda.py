@@ -54,11 +54,11 @@ FUNCTION_ERROR_HEADER = "X-Amz-Function-Error"
 MAX_REASON = 1000  # characters of the function's message kept in the reason
 
 
-@dataclass(slots=True)
-class InvokeRequest(OutboundRequest):
-    """An Invoke request, with how its reader judges a function error."""
+@dataclass(frozen=True, slots=True)
+class FunctionErrors:
+    """How an Invoke request's reader judges a function error (the request's ``context``)."""
 
-    function_error_permanent: bool = False
+    permanent: bool = False
 
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:
@@ -101,17 +101,9 @@ def build(
         ids = [d for d, _ in chunk]
         payload = b"[" + b",".join(encoded[d] for d in ids) + b"]" if array else encoded[ids[0]]
         r = aws.build_call(conn, "lambda", "invoke", {**params, "Payload": payload}, ids)
-        out.append(
-            InvokeRequest(
-                r.method,
-                r.url,
-                r.headers,
-                r.body,
-                r.delivery_ids,
-                r.secret_headers,
-                function_error_permanent=permanent,
-            )
-        )
+        # How read judges a function error: the request's context (never sent or shown).
+        r.context = FunctionErrors(permanent=permanent)
+        out.append(r)
     return out
 
 
@@ -140,7 +132,8 @@ def read(request: OutboundRequest, response: Response) -> list[Outcome]:
         kind = _header(response.headers, FUNCTION_ERROR_HEADER)
         if kind is None:
             return [Outcome(d, OutcomeKind.DELIVERED, response.status) for d in ids]
-        permanent = bool(getattr(request, "function_error_permanent", False))
+        ctx = request.context
+        permanent = isinstance(ctx, FunctionErrors) and ctx.permanent
         why = function_error_text(kind, response.body)
         verdict = OutcomeKind.PERMANENT if permanent else OutcomeKind.RETRY
         return [Outcome(d, verdict, response.status, why) for d in ids]
