@@ -26,8 +26,8 @@ from tests.support.browser import (
     Sink,
     axe_violations,
     chromium,
+    console_gateway,
     describe,
-    require_browser,
     screenshot,
     wait_for,
 )
@@ -64,17 +64,8 @@ def sink() -> Iterator[Sink]:
 
 @pytest.fixture
 def gateway(tmp_path: Path, sink: Sink) -> Iterator[GatewayProcess]:
-    require_browser()
-    gw = GatewayProcess(
-        tmp_path,
-        groups=("other",),
-        GATEWAY_ADMIN_TOKEN=TOKEN,
-        GATEWAY_DELIVERY_POLL_INTERVAL="0.1",
-    )
-    (gw.mappings / "shop.yaml").write_text(MAPPING.format(url=sink.url))
-    gw.start()
-    yield gw
-    gw.stop()
+    with console_gateway(tmp_path, TOKEN, MAPPING.format(url=sink.url)) as gw:
+        yield gw
 
 
 def _admin(gw: GatewayProcess, path: str) -> Any:

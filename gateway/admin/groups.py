@@ -377,15 +377,20 @@ async def get_group(request: web.Request) -> web.Response:
     return json_response(view, headers=_etag(view["version"]))
 
 
-def _mapping_body(body: Any, group: str | None) -> dict[str, Any]:
+def _json_object(body: Any, shape: str) -> dict[str, Any]:
+    """A copy of ``body`` when it is a JSON object; else 422 naming the ``shape`` expected."""
     if not isinstance(body, dict):
         raise ApiError(
             422,
             "INVALID_MAPPING",
-            "the body is a mapping file as JSON: {group_key?, description?, integrations}",
+            f"the body is {shape}",
             errors=[{"field": "(top level)", "message": "must be a JSON object"}],
         )
-    content = dict(body)
+    return dict(body)
+
+
+def _mapping_body(body: Any, group: str | None) -> dict[str, Any]:
+    content = _json_object(body, "a mapping file as JSON: {group_key?, description?, integrations}")
     if group is not None:
         content.setdefault("group_key", group)
     return content
@@ -656,14 +661,7 @@ def _find(entries: list[Any], name: str, group: str) -> int:
 
 
 def _entry_body(body: Any, name: str | None) -> dict[str, Any]:
-    if not isinstance(body, dict):
-        raise ApiError(
-            422,
-            "INVALID_MAPPING",
-            "the body is an integration entry as JSON: {name, type, fields, ...}",
-            errors=[{"field": "(top level)", "message": "must be a JSON object"}],
-        )
-    entry = dict(body)
+    entry = _json_object(body, "an integration entry as JSON: {name, type, fields, ...}")
     if name is not None:
         entry.setdefault("name", name)
         if entry["name"] != name:

@@ -21,6 +21,8 @@ from typing import Any
 import orjson
 import pytest
 
+from tests.support.gateway_proc import GatewayProcess
+
 REPO = Path(__file__).resolve().parents[2]
 AXE = Path(__file__).parent / "axe" / "axe.min.js"
 #: Screenshots land here (kept out of git by its own .gitignore); GATEWAY_TEST_ARTIFACTS moves it.
@@ -173,3 +175,22 @@ class Sink:
         """Stop serving."""
         self.server.shutdown()
         self.server.server_close()
+
+
+@contextmanager
+def console_gateway(tmp_path: Path, token: str, shop_mapping: str) -> Iterator[GatewayProcess]:
+    """A real ``gateway serve`` for the console tests: admin token ``token``, the groups
+    ``other`` (the demo mapping) and ``shop`` (``shop_mapping``), deliveries polled often."""
+    require_browser()
+    gw = GatewayProcess(
+        tmp_path,
+        groups=("other",),
+        GATEWAY_ADMIN_TOKEN=token,
+        GATEWAY_DELIVERY_POLL_INTERVAL="0.1",
+    )
+    (gw.mappings / "shop.yaml").write_text(shop_mapping)
+    gw.start()
+    try:
+        yield gw
+    finally:
+        gw.stop()
