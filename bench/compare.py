@@ -2,12 +2,13 @@
 gateway, under the same wrk load, in alternating order, with each one's CPU per request.
 
     .venv/bin/python bench/compare.py [--ref main] [--duration 8] [--rounds 3] [--batch 0]
+                                      [--workers 1]
 
 On a shared, noisy machine only ratios within one round mean anything; CPU per request (the
 gateway process's user + system time over the requests it answered) varies less than
 requests per second. The ref's ``gateway/`` is extracted with ``git archive`` into a temporary
-directory and put first on the gateway process's ``sys.path``; the data directory is fresh for
-every run. Writes a Markdown result to bench/results/.
+directory and put first on the gateway processes' ``PYTHONPATH`` (so ``--workers`` runs the
+ref's code in its workers too); the data directory is fresh for every run. Writes a Markdown result to bench/results/.
 """
 
 from __future__ import annotations
@@ -32,9 +33,12 @@ _GATEWAY = "import sys\nfrom gateway import cli\nsys.exit(cli.main(sys.argv[1:])
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` (all its threads)."""
+    """User + system CPU seconds of process ``pid`` (all its threads) and of its children
+    (the workers of ``serve --workers``)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    total = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return total + sum(cpu_seconds(int(c)) for c in children)
 
 
 def main() -> None:
@@ -43,6 +47,7 @@ def main() -> None:
     ap.add_argument("--duration", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--batch", type=int, default=0, help="records a request (0: single)")
+    ap.add_argument("--workers", type=int, default=1, help="GATEWAY_WORKERS of both gateways")
     args = ap.parse_args()
     wrk = ensure_wrk()
     path = "/v1/records/batch" if args.batch else "/v1/records"
@@ -60,13 +65,11 @@ def main() -> None:
         subprocess.run(["tar", "-x", "-C", str(ref_dir)], input=archive, check=True)
         commands = {
             "bare": [sys.executable, str(HERE / "bare_server.py")],
-            args.ref: [
-                sys.executable,
-                "-c",
-                f"import sys; sys.path.insert(0, {str(ref_dir)!r})\n" + _GATEWAY,
-            ],
+            args.ref: [sys.executable, "-c", _GATEWAY],
             "working tree": [sys.executable, "-c", _GATEWAY],
         }
+        # The working tree's gateway is the installed package (editable); the ref's comes first.
+        paths = {args.ref: {"PYTHONPATH": str(ref_dir)}}
         first = 0
         for rnd in range(args.rounds):
             order = list(commands) if rnd % 2 == 0 else list(commands)[::-1]
@@ -77,6 +80,8 @@ def main() -> None:
                     GATEWAY_LOG_LEVEL="warning",
                     GATEWAY_RATE_LIMIT="1000000",
                     GATEWAY_RATE_BURST="1000000",
+                    GATEWAY_WORKERS=str(args.workers),
+                    **paths.get(name, {}),
                 )
                 key, secret = gw.create_key("demo")
                 gw.command = commands[name]
@@ -108,8 +113,8 @@ def report(args: argparse.Namespace, rows: list[tuple[int, str, dict]], per_requ
         "",
         f"Command: `python bench/compare.py {' '.join(sys.argv[1:])}`  ",
         f"{'single records' if not args.batch else f'batches of {args.batch}'}, wrk -t1 "
-        f"-c{64 if not args.batch else 16} -d{args.duration}s, SQLite synchronous=FULL, delivery "
-        f"engine running; load average at the end {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}, "
+        f"-c{64 if not args.batch else 16} -d{args.duration}s, SQLite synchronous=FULL, "
+        f"{args.workers} gateway worker(s), delivery engine running; load average at the end {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}, "
         f"CPU pressure now {_pressure():.0f}%",
         "",
         "| round | server | records/s | p50 | p99 | CPU µs/request | non-2xx | replayed "

@@ -9,7 +9,9 @@ connection to SQLite. Why this shape:
   commits in groups (see core), in one ``BEGIN IMMEDIATE ... COMMIT``. The group's statements
   run on the event loop (a few ms of SQLite's C code; from a thread of their own each of them
   waited to take the GIL back from the busy loop); only a BEGIN that must wait for another
-  process's write lock, and every COMMIT (its fsync), run on a commit thread.
+  process's write lock, and every COMMIT (its fsync), run on a commit thread. Processes
+  sharing the file (``serve --workers``) also take :mod:`gateway.store.writelock` around each
+  transaction, so the lock passes between them without SQLite's sleeping busy handler.
 - Each write in a group must succeed or fail alone. The writer first tries the whole group
   with one set of ``executemany`` calls (fast: no per-row round trips through Python); if
   that hits a constraint error it rolls back to a savepoint and redoes the group one write per
@@ -54,6 +56,7 @@ from gateway.store import base, core, migrations, queries
 from gateway.store.base import StoreError, StoreUnavailable
 from gateway.store.core import CallJob, IngestJob, Job, Params, Row
 from gateway.store.queries import sqlite as q
+from gateway.store.writelock import WriteLock
 
 R = TypeVar("R")
 
@@ -268,6 +271,9 @@ class SQLiteStore(core.GroupCommitStore):
         # fsync) run here, never on the event loop.
         self._committer: ThreadPoolExecutor | None = None
         self._wconn: sqlite3.Connection | None = None  # the writer task's
+        # Taken around every write transaction: the processes of `serve --workers` pass the
+        # write lock through the kernel instead of SQLite's sleeping busy handler.
+        self._write_lock = WriteLock(self.path, busy_timeout)
         self._readers: ThreadPoolExecutor | None = None
         self._local = threading.local()
         self._reader_conns: list[sqlite3.Connection] = []
@@ -331,6 +337,11 @@ class SQLiteStore(core.GroupCommitStore):
             conn.close()
             raise
         self._wconn = conn
+        try:
+            self._write_lock.open()
+        except OSError as exc:
+            conn.close()
+            raise StoreUnavailable(f"cannot open the store's lock file: {exc}") from exc
         # SQLite fsyncs the directory when it creates a journal or WAL file, but not when it
         # creates the database file itself: without this, a power cut soon after the first
         # start could lose the file's directory entry, and every record in it.
@@ -376,6 +387,7 @@ class SQLiteStore(core.GroupCommitStore):
                 )
         if self._committer is not None:
             await asyncio.to_thread(self._committer.shutdown, True)
+        self._write_lock.close()
         if self._readers is not None:
             readers = self._readers
             await asyncio.to_thread(readers.shutdown, True)
@@ -507,17 +519,27 @@ class SQLiteStore(core.GroupCommitStore):
         """Run ``body`` (on the loop) in BEGIN IMMEDIATE ... COMMIT (both on the commit
         thread) on the write connection."""
         started = time.perf_counter()
-        conn = self._begin_now()
-        if conn is None:
-            conn = await self._off_loop(self._begin)
+        lock = self._write_lock
         try:
-            result = body(conn)
-            await self._off_loop(lambda: conn.execute("COMMIT"))
-        except BaseException:
-            if conn.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-            raise
+            await lock.acquire()
+            conn = self._begin_now()
+            if conn is None:
+                conn = await self._off_loop(self._begin)
+            try:
+                result = body(conn)
+
+                def commit() -> None:
+                    conn.execute("COMMIT")
+                    lock.release()  # at once, on this thread: another process may be waiting
+
+                await self._off_loop(commit)
+            except BaseException:
+                if conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                raise
+        finally:
+            lock.release()
         self._observe(time.perf_counter() - started)
         return result
 
