@@ -326,7 +326,9 @@ async def test_breaker_opens_probes_then_recovers(
     tmp_path: Path, receiver: CountingReceiver
 ) -> None:
     healthy = False
-    probe_delay = 0.3
+    # Long enough that the second probe, sent with the first, arrives before the first answer
+    # even on a loaded machine (0.3 s was not, under CI load).
+    probe_delay = 1.0
 
     def answer(r: Received) -> Answer:
         return Answer(200, delay=probe_delay) if healthy else Answer(503)
