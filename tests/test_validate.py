@@ -95,3 +95,23 @@ def test_validator_names_exactly_the_non_flat_attributes(data: dict) -> None:
         if isinstance(v, list):
             bad.update(f"data.{k}[{i}]" for i, x in enumerate(v) if isinstance(x, dict | list))
     assert set(fields(errors)) == bad
+
+
+@given(
+    st.dictionaries(
+        st.text(max_size=12),
+        json_values | st.text(max_size=25) | st.lists(scalars | st.text(max_size=25), max_size=5),
+        max_size=7,
+    ),
+    st.sampled_from(["demo", "", "bad key", 7, None]),
+)
+def test_fast_path_agrees_with_the_full_walk(data: dict, group_key: object) -> None:
+    # Valid records skip the walk that names problems; they must be exactly the records
+    # that walk finds nothing in (LIMITS is small, so limits are hit often).
+    from gateway.ingest.validate import Problems, _clean, _walk
+
+    full = _walk(data, LIMITS, "data", Problems()).total
+    assert _clean(data, LIMITS) == (full == 0)
+    key, _, errors = validate_record({"group_key": group_key, "data": data}, LIMITS)
+    assert errors.total == full + (0 if group_key == "demo" else 1)
+    assert key == (group_key if group_key == "demo" else None)

@@ -26,7 +26,7 @@ class Problems(list[dict[str, str]]):
     __slots__ = ("cap", "total")
 
     def __init__(self, cap: int = MAX_LISTED) -> None:
-        super().__init__()
+        # A list starts empty: list.__init__ has nothing to do (one call less a record).
         self.cap = cap
         self.total = 0
 
@@ -63,6 +63,37 @@ def _check_scalar(value: Any, field: str, limits: Limits, errors: Problems) -> N
         )
 
 
+def _clean(data: Any, limits: Limits) -> bool:
+    """True when ``data`` has no problem at all: the check every valid record takes, with no
+    field names or messages made. Exact types only (what orjson makes); anything else, and
+    any record with a problem, takes :func:`validate_data`'s full walk, which names them."""
+    if type(data) is not dict or len(data) > limits.max_attributes:
+        return False
+    max_key, max_value = limits.max_key_length, limits.max_value_length
+    for key, value in data.items():
+        if not key or len(key) > max_key:
+            return False
+        kind = type(value)
+        if kind is str:
+            if len(value) > max_value:
+                return False
+        elif kind is list:
+            if len(value) > limits.max_list_items:
+                return False
+            for item in value:
+                if type(item) is str:
+                    if len(item) > max_value:
+                        return False
+                elif item is not None and type(item) not in _EXACT_SCALARS:
+                    return False
+        elif value is not None and kind not in _EXACT_SCALARS:
+            return False
+    return True
+
+
+_EXACT_SCALARS = frozenset({int, float, bool})
+
+
 def validate_data(
     data: Any, limits: Limits, prefix: str = "data", errors: Problems | None = None
 ) -> Problems:
@@ -70,6 +101,14 @@ def validate_data(
     :data:`MAX_LISTED` as ``{"field", "message"}`` entries, all of them counted."""
     if errors is None:
         errors = Problems()
+    if _clean(data, limits):
+        return errors
+    return _walk(data, limits, prefix, errors)
+
+
+def _walk(data: Any, limits: Limits, prefix: str, errors: Problems) -> Problems:
+    """Every problem of ``data``, named (the full walk :func:`validate_data` does for data
+    that is not clean)."""
     if not isinstance(data, dict):
         errors.add(prefix, f"must be an object, not {_type_name(data)}")
         return errors
@@ -117,6 +156,12 @@ def validate_record(
     Returns ``(group_key, data, errors)``; the record is valid when ``errors.total`` is 0.
     """
     errors = Problems(cap)
+    # The common case first: exactly the two fields, a well-formed key, clean data.
+    if type(obj) is dict and len(obj) == 2:
+        key: Any = obj.get("group_key")
+        values: Any = obj.get("data")
+        if type(key) is str and GROUP_KEY_RE.fullmatch(key) and _clean(values, limits):
+            return key, values, errors
     if not isinstance(obj, dict):
         errors.add("", f"a record must be an object, not {_type_name(obj)}")
         return None, {}, errors
