@@ -199,6 +199,12 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="rounds, order reversed every other")
     ap.add_argument("--synchronous", default="FULL", choices=["FULL", "NORMAL"])
     ap.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="also run single records against `serve --workers N` (same store), N > 1",
+    )
+    ap.add_argument(
         "--ladder",
         action="store_true",
         help="also run the gateway cut short at each stage (bench/stage_server.py) to show "
@@ -227,6 +233,8 @@ def main() -> None:
         }
         if args.big_batch:
             sizes["big"] = (args.big_batch, 80000 * args.duration // args.big_batch)
+        if args.workers > 1:
+            sizes["workers"] = (1, 16000 * args.duration)
         first = 0
         # delivery from the gateway runs throughout: the demo group's file integration
         gw.start()
@@ -263,9 +271,19 @@ def main() -> None:
                     size = sizes[name][0]
                     path = "/v1/records/batch" if size > 1 else "/v1/records"
                     conns = args.connections if size == 1 else min(args.connections, 16)
-                    results[name] = run_wrk(
-                        wrk, gw.url, path, files[name], args.threads, conns, args.duration
-                    )
+                    if name == "workers":  # the same store, served by N processes
+                        gw.stop()
+                        gw.env["GATEWAY_WORKERS"] = str(args.workers)
+                        gw.start()
+                    try:
+                        results[name] = run_wrk(
+                            wrk, gw.url, path, files[name], args.threads, conns, args.duration
+                        )
+                    finally:
+                        if name == "workers":
+                            gw.stop()
+                            del gw.env["GATEWAY_WORKERS"]
+                            gw.start()
                     results[name]["size"] = size
                     print(
                         f"round {rnd + 1} {name}: {results[name]['rps']:.0f} req/s", file=sys.stderr
@@ -336,6 +354,8 @@ def _row(name: str, r: dict) -> str:
 def _ratios(r: dict[str, dict]) -> dict[str, float]:
     single = r["single"]["rps"]
     out = {"single/bare": single / r["bare"]["rps"]}
+    if "workers" in r:
+        out["workers/bare"] = r["workers"]["rps"] / r["bare"]["rps"]
     for name in ("batch", "big"):
         if name in r:
             out[f"{name}/single"] = r[name]["rps"] * r[name]["size"] / single
@@ -350,6 +370,7 @@ def report(args: argparse.Namespace, rounds: list[dict[str, dict]]) -> None:
         "single": "gateway, single record",
         "batch": f"gateway, batch of {args.batch_size}",
         "big": f"gateway, batch of {args.big_batch}",
+        "workers": f"gateway, single record, `serve --workers {args.workers}`",
         **{f"stage:{st}": f"stage `{st}`: {STAGES[st]}" for st in STAGES},
     }
     load = os.getloadavg()
@@ -389,6 +410,11 @@ def report(args: argparse.Namespace, rounds: list[dict[str, dict]]) -> None:
         f"- batch of {args.batch_size} / single, records/s: **{best['batch/single']:.1f}x** "
         "(target at least 10x)",
     ]
+    if "workers/bare" in best:
+        lines.append(
+            f"- single-record with `--workers {args.workers}` / bare handler: "
+            f"**{best['workers/bare']:.2f}x**"
+        )
     if "big/single" in best:
         lines.append(
             f"- batch of {args.big_batch} / single, records/s: **{best['big/single']:.1f}x**"
