@@ -8,7 +8,8 @@ On a shared, noisy machine only ratios within one round mean anything; CPU per r
 gateway process's user + system time over the requests it answered) varies less than
 requests per second. The ref's ``gateway/`` is extracted with ``git archive`` into a temporary
 directory and put first on the gateway processes' ``PYTHONPATH`` (so ``--workers`` runs the
-ref's code in its workers too); the data directory is fresh for every run. Writes a Markdown result to bench/results/.
+ref's code in its workers too); the data directory is fresh for every run. Writes a Markdown
+result to bench/results/.
 """
 
 from __future__ import annotations
@@ -114,7 +115,8 @@ def report(args: argparse.Namespace, rows: list[tuple[int, str, dict]], per_requ
         f"Command: `python bench/compare.py {' '.join(sys.argv[1:])}`  ",
         f"{'single records' if not args.batch else f'batches of {args.batch}'}, wrk -t1 "
         f"-c{64 if not args.batch else 16} -d{args.duration}s, SQLite synchronous=FULL, "
-        f"{args.workers} gateway worker(s), delivery engine running; load average at the end {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}, "
+        f"{args.workers} gateway worker(s), delivery engine running; load average at the end "
+        f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}, "
         f"CPU pressure now {_pressure():.0f}%",
         "",
         "| round | server | records/s | p50 | p99 | CPU µs/request | non-2xx | replayed "

@@ -834,6 +834,7 @@ def main() -> None:
         help="longest wait for the sink to have everything after the load",
     )
     ap.add_argument("--profile", metavar="DIR", help="py-spy flame graphs of the delivery runs")
+    ap.add_argument("--json", metavar="PATH", help="where to write the raw numbers (JSON)")
     args = ap.parse_args()
     started = time.time()
     wrk = ensure_wrk()
@@ -860,7 +861,8 @@ def main() -> None:
     print(text)
     out = HERE / "results" / f"delivery-{datetime.now(UTC):%Y%m%d-%H%M}.md"
     out.write_text(text)
-    raw = Path(tempfile.gettempdir()) / f"{out.stem}.json"
+    raw = Path(args.json or Path(tempfile.gettempdir()) / f"{out.stem}.json")
+    res["result"] = str(out)
     raw.write_text(json.dumps(res, indent=1, default=str))
     print(f"raw numbers in {raw}", file=sys.stderr)
     print(f"written to {out}", file=sys.stderr)

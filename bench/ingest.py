@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import hmac
+import json
 import os
 import platform
 import re
@@ -198,6 +199,7 @@ def main() -> None:
     ap.add_argument("--big-batch", type=int, default=1000, help="0: no run with big batches")
     ap.add_argument("--rounds", type=int, default=3, help="rounds, order reversed every other")
     ap.add_argument("--synchronous", default="FULL", choices=["FULL", "NORMAL"])
+    ap.add_argument("--json", metavar="PATH", help="also write the rounds and ratios as JSON")
     ap.add_argument(
         "--workers",
         type=int,
@@ -427,6 +429,18 @@ def report(args: argparse.Namespace, rounds: list[dict[str, dict]]) -> None:
     out = HERE / "results" / f"ingest-{datetime.now(UTC):%Y%m%d-%H%M}.md"
     out.write_text(text)
     print(f"written to {out}", file=sys.stderr)
+    if args.json:
+        doc = {
+            "result": str(out),
+            "rounds": [
+                {k: {f: v for f, v in r.items() if f != "raw"} for k, r in rnd.items()}
+                for rnd in rounds
+            ],
+            "ratios": [_ratios(r) for r in rounds],
+            "best": best,
+            "invalid": invalid,
+        }
+        Path(args.json).write_text(json.dumps(doc, indent=1, default=str))
 
 
 if __name__ == "__main__":
