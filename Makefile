@@ -38,8 +38,9 @@ format: setup
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-# `make bench` runs the ingest benchmark; BENCH names another script of bench/ (ingest,
-# bench_store, mapping, delivery, aws, scale: see bench/README.md), BENCH_ARGS its flags, e.g.
+# `make bench` runs the ingest benchmark; BENCH names another script of bench/ (goals,
+# instructions, compare, ingest, bench_store, mapping, delivery, aws, saas, scale, ordering,
+# soak: see bench/README.md), BENCH_ARGS its flags, e.g.
 # `make bench BENCH=mapping BENCH_ARGS='--rounds 1'`.
 BENCH ?= ingest
 BENCH_ARGS ?=
