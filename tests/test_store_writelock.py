@@ -14,8 +14,8 @@ import os
 import sqlite3
 import stat
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 import pytest
@@ -63,23 +63,28 @@ async def commit(store: SQLiteStore) -> IngestResult:
     return await store.commit_ingest(IngestWrite([rec()]))
 
 
-async def test_lock_file_is_private_and_free_between_writes(tmp_path: Path) -> None:
-    db = tmp_path / "g.db"
-    s = SQLiteStore(db)
+@asynccontextmanager
+async def opened(db: Path, busy_timeout: float = 5.0) -> AsyncIterator[SQLiteStore]:
+    """A SQLite store on ``db``, open for the block."""
+    s = SQLiteStore(db, busy_timeout=busy_timeout)
     await s.open()
     try:
-        assert stat.S_IMODE(os.stat(f"{db}{SUFFIX}").st_mode) == 0o600
-        assert (await commit(s)).committed
-        assert free(db)  # let go right after COMMIT
+        yield s
     finally:
         await s.close()
 
 
+async def test_lock_file_is_private_and_free_between_writes(tmp_path: Path) -> None:
+    db = tmp_path / "g.db"
+    async with opened(db) as s:
+        assert stat.S_IMODE(os.stat(f"{db}{SUFFIX}").st_mode) == 0o600
+        assert (await commit(s)).committed
+        assert free(db)  # let go right after COMMIT
+
+
 async def test_a_write_waits_for_the_holder_and_goes_on_when_it_lets_go(tmp_path: Path) -> None:
     db = tmp_path / "g.db"
-    s = SQLiteStore(db, busy_timeout=10.0)
-    await s.open()
-    try:
+    async with opened(db, 10.0) as s:
         with held_elsewhere(db):
             pending = asyncio.ensure_future(commit(s))
             await asyncio.sleep(0.3)
@@ -88,40 +93,30 @@ async def test_a_write_waits_for_the_holder_and_goes_on_when_it_lets_go(tmp_path
         assert result.committed
         assert await count_records(s) == 1
         assert await eventually_free(db)
-    finally:
-        await s.close()
 
 
 async def test_held_past_the_busy_timeout_is_unavailable_then_the_next_write_succeeds(
     tmp_path: Path,
 ) -> None:
     db = tmp_path / "g.db"
-    s = SQLiteStore(db, busy_timeout=0.2)
-    await s.open()
-    try:
+    async with opened(db, 0.2) as s:
         with held_elsewhere(db):
             with pytest.raises(StoreUnavailable, match=r"write lock for over 0\.2 s"):
                 await commit(s)
             assert s.pending_writes() == 0
         assert (await commit(s)).committed  # takes over the wait still in progress
         assert await eventually_free(db)
-    finally:
-        await s.close()
 
 
 async def test_a_wait_nobody_wants_any_more_lets_go_when_it_gets_the_lock(tmp_path: Path) -> None:
     db = tmp_path / "g.db"
-    s = SQLiteStore(db, busy_timeout=0.2)
-    await s.open()
-    try:
+    async with opened(db, 0.2) as s:
         with held_elsewhere(db), pytest.raises(StoreUnavailable):
             await commit(s)
         # No write follows: the waiting thread gets the lock and must not keep it. (The pause
         # lets it take the lock first; checking at once could find it free in between.)
         await asyncio.sleep(0.3)
         assert await eventually_free(db)
-    finally:
-        await s.close()
 
 
 async def test_closing_while_a_wait_is_in_progress_leaves_the_lock_free(tmp_path: Path) -> None:
