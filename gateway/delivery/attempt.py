@@ -40,7 +40,6 @@ from gateway.integrations.base import (
 )
 from gateway.integrations.oauth2 import TokenCache, TokenError
 from gateway.integrations.transport import (
-    SendContext,
     Transport,
     outcomes_by_status,
 )
@@ -166,8 +165,10 @@ class Attempts:
                     f"{mapping.version}; replay after enabling it",
                 )
             else:
-                lane.reconfigure(LaneConfig.of(integration))
-                lane.type_name = integration.type.name
+                if lane.config_of is not integration:
+                    lane.reconfigure(LaneConfig.of(integration))
+                    lane.type_name = integration.type.name
+                    lane.config_of = integration
                 await self._send(lane, integration, items)
         except asyncio.CancelledError:
             raise
@@ -232,6 +233,9 @@ class Attempts:
                 integration=lane.integration,
             )
         by_id = {it.claimed.delivery.id: it for it in items}
+        if len(requests) == 1:  # one-a-request lanes: no task of its own for the request
+            await self._send_one(lane, integration, requests[0], by_id)
+            return
         await asyncio.gather(*(self._send_one(lane, integration, r, by_id) for r in requests))
 
     async def _links(
@@ -340,7 +344,7 @@ class Attempts:
         self, lane: Lane, integration: CompiledIntegration, request: OutboundRequest
     ) -> Response | TransportError:
         """The request sent by the type's send step, or the shared HTTP transport."""
-        ctx = SendContext(self.transport, lane.config.timeouts, lane.config.verify_tls)
+        ctx = lane.send_context(self.transport)
         send = integration.type.send
         try:
             if send is None:
