@@ -52,15 +52,27 @@ class MetricsHooks(EngineHooks):
 
     def __init__(self, metrics: Metrics) -> None:
         self.m = metrics
+        # Labelled children, resolved once: labels() validates and joins its values under a
+        # lock on every call, which cost more than the observation itself once per request.
+        # These metrics never remove a child, so a cached one stays the exported one.
+        self._attempt_seconds: dict[str, Histogram] = {}
+        self._deliveries: dict[tuple[str, str, str], Counter] = {}
 
     def attempt(self, lane: Lane, outcomes: list[Outcome], seconds: float) -> None:
-        m = self.m
-        m.attempt_seconds.labels(lane.type_name or "unknown").observe(seconds)
+        type_name = lane.type_name or "unknown"
+        child = self._attempt_seconds.get(type_name)
+        if child is None:
+            child = self._attempt_seconds[type_name] = self.m.attempt_seconds.labels(type_name)
+        child.observe(seconds)
 
     def settled(self, lane: Lane, delivered: int, retry: int, dead: int) -> None:
         for outcome, n in (("delivered", delivered), ("retry", retry), ("dead", dead)):
             if n:
-                self.m.deliveries.labels(lane.group_key, lane.integration, outcome).inc(n)
+                key = (lane.group_key, lane.integration, outcome)
+                child = self._deliveries.get(key)
+                if child is None:
+                    child = self._deliveries[key] = self.m.deliveries.labels(*key)
+                child.inc(n)
 
     def breaker_changed(self, lane: Lane, state: BreakerState) -> None:
         m = self.m

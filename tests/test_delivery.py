@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.store.base import DeliveryState
+from gateway.store.base import DeliveryState, DeliveryUpdate, StoreError
 from tests.support.delivery_rig import Rig, http_entry
 from tests.support.receiver import Answer, Receiver
 
@@ -182,5 +182,34 @@ async def test_the_engines_count_of_claimed_deliveries_matches_its_lanes(
         assert engine._in_hand == sum(lane.held() for lane in engine.lanes.values())
         assert engine._in_hand == 0  # the good lane is done, the open one gave its work back
         assert {d.state for d in await rig.deliveries(bad)} == {DeliveryState.PENDING}
+    finally:
+        await rig.close()
+
+
+async def test_outcomes_finishing_during_a_store_write_share_the_next_and_fall_back_alone(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    rig = await Rig.create(tmp_path, [http_entry("hook", receiver.url, "concurrency: 8")])
+    real = rig.store.update_deliveries
+    calls: list[int] = []
+
+    async def slow_store(updates: list[DeliveryUpdate]) -> int:
+        calls.append(len(updates))
+        await asyncio.sleep(0.05)  # attempts finishing meanwhile gather for the next call
+        if len(updates) > 1 and not any(n == -1 for n in calls):
+            calls.append(-1)  # the first joint call fails: its attempts write alone
+            raise StoreError("this joint call fails")
+        return await real(updates)
+
+    rig.store.update_deliveries = slow_store  # type: ignore[method-assign]
+    try:
+        ids = [(await rig.add(["hook"]))[0] for _ in range(20)]
+        for d in await rig.wait_settled(ids):
+            assert d.state == DeliveryState.DELIVERED
+            assert d.attempts == 1  # recorded once: the failed joint call applied nothing
+        assert -1 in calls, calls
+        assert max(calls) > 1, calls  # outcomes were written together
+        for did in ids:
+            assert len(await rig.store.list_attempts(did)) == 1
     finally:
         await rig.close()

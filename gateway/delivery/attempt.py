@@ -40,7 +40,6 @@ from gateway.integrations.base import (
 )
 from gateway.integrations.oauth2 import TokenCache, TokenError
 from gateway.integrations.transport import (
-    SendContext,
     Transport,
     outcomes_by_status,
 )
@@ -128,6 +127,8 @@ class Attempts:
         self._rng = rng
         self._clock = clock
         self._warned_tls: set[tuple[str, str]] = set()
+        self._gathering: _Gathering | None = None  # outcomes for the next joint store call
+        self._write_lock = asyncio.Lock()
 
     async def run(
         self,
@@ -166,8 +167,10 @@ class Attempts:
                     f"{mapping.version}; replay after enabling it",
                 )
             else:
-                lane.reconfigure(LaneConfig.of(integration))
-                lane.type_name = integration.type.name
+                if lane.config_of is not integration:
+                    lane.reconfigure(LaneConfig.of(integration))
+                    lane.type_name = integration.type.name
+                    lane.config_of = integration
                 await self._send(lane, integration, items)
         except asyncio.CancelledError:
             raise
@@ -232,6 +235,9 @@ class Attempts:
                 integration=lane.integration,
             )
         by_id = {it.claimed.delivery.id: it for it in items}
+        if len(requests) == 1:  # one-a-request lanes: no task of its own for the request
+            await self._send_one(lane, integration, requests[0], by_id)
+            return
         await asyncio.gather(*(self._send_one(lane, integration, r, by_id) for r in requests))
 
     async def _links(
@@ -340,12 +346,12 @@ class Attempts:
         self, lane: Lane, integration: CompiledIntegration, request: OutboundRequest
     ) -> Response | TransportError:
         """The request sent by the type's send step, or the shared HTTP transport."""
-        ctx = SendContext(self.transport, lane.config.timeouts, lane.config.verify_tls)
         send = integration.type.send
         try:
-            if send is None:
-                return await ctx.http(request)
-            return await send(integration, request, ctx)
+            if send is None:  # what SendContext.http does, one coroutine frame fewer
+                cfg = lane.config
+                return await self.transport.send(request, cfg.timeouts, verify_tls=cfg.verify_tls)
+            return await send(integration, request, lane.send_context(self.transport))
         except TransportError as exc:
             return exc
         except Exception as exc:  # a send step's bug: this request fails, not the attempt
@@ -445,11 +451,14 @@ class Attempts:
         now = self._clock()
         updates = []
         c = lane.counters
-        secrets = redact.secrets_of_lane(self, lane)
+        secrets: frozenset[str] | None = None  # looked up once there is an error to scrub
         for it in items:
             d = it.claimed.delivery
             o = it.outcome or Outcome(d.id, OutcomeKind.RETRY, None, "no answer was read")
-            o.error = redact.scrub(o.error, secrets)
+            if o.error:
+                if secrets is None:
+                    secrets = redact.secrets_of_lane(self, lane)
+                o.error = redact.scrub(o.error, secrets)
             attempts = d.attempts + 1
             attempt = Attempt(d.id, started, duration_ms, o.status, o.error, version)
             link = None
@@ -516,9 +525,11 @@ class Attempts:
             states.count(DeliveryState.DEAD),
         )
         for delay in (0.0, 0.5, 2.0, 5.0):
-            await asyncio.sleep(delay)
+            if delay:
+                await asyncio.sleep(delay)
             try:
-                await self.store.update_deliveries(updates)
+                if not (delay == 0.0 and await self._write_together(updates)):
+                    await self.store.update_deliveries(updates)
                 if any(
                     u.state != DeliveryState.PENDING and it.claimed.delivery.ordering_key
                     for u, it in zip(updates, items, strict=True)
@@ -530,3 +541,50 @@ class Attempts:
                 logs.log("delivery_record_failed", "warning", error=str(exc), retry_in=delay)
         # The leases run out and the deliveries are sent again: at least once, never lost.
         logs.log("delivery_record_lost", "error", deliveries=len(updates))
+
+    async def _write_together(self, updates: list[DeliveryUpdate]) -> bool:
+        """Write ``updates`` in one store call with those of the attempts that finish while
+        the previous such call is under way; True when written, False when the caller is to
+        write them on its own (the joint call failed, or they cannot join).
+
+        One call a batch of attempts instead of one an attempt: on SQLite each call is a
+        savepoint and statements of its own, each of which gives up the GIL and waits to take
+        it back from the busy event loop. One joint call at a time, so what finishes during it
+        gathers for the next; an idle engine writes at once, as before."""
+        ids = {u.delivery_id for u in updates}
+        if any(u.link is not None for u in updates) or len(ids) != len(updates):
+            return False  # link writes and repeated ids keep their own call's semantics
+        g = self._gathering
+        if g is not None and g.ids.isdisjoint(ids):
+            g.updates.extend(updates)
+            g.ids |= ids
+            # Shielded: a follower cancelled (shutdown) must not cancel the others' answer.
+            return await asyncio.shield(g.written)
+        g = self._gathering = _Gathering(
+            list(updates), ids, asyncio.get_running_loop().create_future()
+        )
+        ok = False
+        try:
+            async with self._write_lock:
+                if self._gathering is g:
+                    self._gathering = None  # closed: later updates gather for the next call
+                try:
+                    await self.store.update_deliveries(g.updates)
+                    ok = True
+                except Exception:  # each caller retries alone, and logs what it hits
+                    ok = False
+        finally:
+            if self._gathering is g:
+                self._gathering = None
+            if not g.written.done():
+                g.written.set_result(ok)
+        return ok
+
+
+@dataclass(slots=True)
+class _Gathering:
+    """Outcomes of several attempts waiting to be written in one store call."""
+
+    updates: list[DeliveryUpdate]
+    ids: set[str]
+    written: asyncio.Future[bool]

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from gateway.delivery.breaker import BreakerState, CircuitBreaker
 from gateway.ingest.ratelimit import TokenBucket
-from gateway.integrations.transport import Timeouts
+from gateway.integrations.transport import SendContext, Timeouts, Transport
 from gateway.mapping.options import BreakerOptions, DeliveryOptions, RetryOptions
 from gateway.store.base import ClaimedDelivery
 
@@ -109,6 +109,24 @@ class Lane:
         self.task: asyncio.Task[None] | None = None
         self.request_seconds: float | None = None  # moving average of attempts
         self.overflow_until = 0.0  # wall: latest time overflow deliveries were put off to
+        # The compiled entry ``config`` was derived from: an attempt derives it again only
+        # when the mapping in force gives another entry (a reload), not once per request.
+        self.config_of: object | None = None
+        self._send_context: SendContext | None = None
+
+    def send_context(self, transport: Transport) -> SendContext:
+        """The shared transport bound to the lane's timeouts and TLS setting (made again
+        when the config or the transport changed)."""
+        ctx = self._send_context
+        c = self.config
+        if (
+            ctx is None
+            or ctx.transport is not transport
+            or ctx.timeouts is not c.timeouts
+            or ctx.verify_tls != c.verify_tls
+        ):
+            ctx = self._send_context = SendContext(transport, c.timeouts, c.verify_tls)
+        return ctx
 
     @property
     def key(self) -> tuple[str, str]:

@@ -52,6 +52,7 @@ _AUTHORITY = re.compile(r"^(?P<scheme>[^:/?#]*):(?://(?P<authority>[^/?#]*))?")
 _REFERENCE = re.compile(r"\$\{[^}]*\}")
 
 
+@functools.lru_cache(maxsize=1024)  # build asks for every request of an entry's template
 def url_problem(template: str, allow_host_placeholders: bool = False) -> str | None:
     """What is wrong with an ``http`` URL template, or None: it must be ``http://`` or
     ``https://`` with a host, and ``{field}`` placeholders may fill its scheme, host or port

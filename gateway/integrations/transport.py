@@ -10,6 +10,7 @@ which gets a :class:`SendContext`: this transport bound to the lane's settings.
 
 from __future__ import annotations
 
+import functools
 import ssl
 from dataclasses import dataclass
 
@@ -42,6 +43,14 @@ class Timeouts:
     connect: float = 5.0
     read: float = 30.0
     total: float | None = None
+
+
+@functools.lru_cache(maxsize=256)
+def _client_timeout(timeouts: Timeouts) -> aiohttp.ClientTimeout:
+    # Made once per distinct lane setting, not per request (ClientTimeout is frozen).
+    return aiohttp.ClientTimeout(
+        total=timeouts.total, sock_connect=timeouts.connect, sock_read=timeouts.read
+    )
 
 
 class Transport:
@@ -77,9 +86,7 @@ class Transport:
         self, request: OutboundRequest, timeouts: Timeouts, *, verify_tls: bool = True
     ) -> Response:
         """Send one request; raise :class:`TransportError` when no answer came."""
-        timeout = aiohttp.ClientTimeout(
-            total=timeouts.total, sock_connect=timeouts.connect, sock_read=timeouts.read
-        )
+        timeout = _client_timeout(timeouts)
         ssl_arg: ssl.SSLContext | bool = bool(verify_tls)
         try:
             async with self.client().request(

@@ -108,6 +108,12 @@ class CompiledMapping:
     version: str
     description: str | None
     integrations: list[CompiledIntegration] = field(default_factory=list)
+    # Name -> entry, built on first lookup: the delivery engine asks several times per
+    # attempt. Rebuilt when the list's length changed (compilation appends to it).
+    _by_name: dict[str, CompiledIntegration] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+    _indexed: int = field(default=-1, init=False, repr=False, compare=False)
 
     def fan_out(self, data: Mapping[str, Any]) -> list[str]:
         """Names of the integrations that get a delivery for ``data``."""
@@ -115,7 +121,13 @@ class CompiledMapping:
 
     def integration(self, name: str) -> CompiledIntegration | None:
         """The named integration entry."""
-        return next((i for i in self.integrations if i.name == name), None)
+        if self._indexed != len(self.integrations):
+            # First entry of a name wins, as a scan from the start would find it.
+            self._by_name = {}
+            for i in self.integrations:
+                self._by_name.setdefault(i.name, i)
+            self._indexed = len(self.integrations)
+        return self._by_name.get(name)
 
 
 def content_version(content: bytes) -> str:
