@@ -274,6 +274,10 @@ def _identity(value: Any) -> Any:
     return value
 
 
+#: The coercer of type ``any``: callers may skip calling it.
+IDENTITY: Coercer = _identity
+
+
 def _none_passes(inner: Coercer, *, blank_is_none: bool) -> Coercer:
     def coerce_value(value: Any) -> Any:
         if value is None or value is MISSING:

@@ -21,7 +21,7 @@ from gateway.integrations.base import Action, IntegrationType, Param, get_type
 from gateway.mapping import ordering, secrets
 from gateway.mapping.conditions import Condition, parse_condition
 from gateway.mapping.errors import ErrorCollector, MappingError, SpecError, SpecErrors
-from gateway.mapping.fieldtypes import Coercer, make_coercer
+from gateway.mapping.fieldtypes import IDENTITY, Coercer, make_coercer
 from gateway.mapping.options import DeliveryOptions
 from gateway.mapping.sources import MISSING, Source, parse_source
 
@@ -91,7 +91,8 @@ class CompiledIntegration:
                 value = f.source.evaluate(data)
                 if value is MISSING:
                     continue
-                value = f.coerce(value)
+                if f.coerce is not IDENTITY:  # most fields are untyped: no call for them
+                    value = f.coerce(value)
             except MappingError as exc:
                 raise exc.with_context(
                     field=f.name, source=f.source.label, integration=self.name

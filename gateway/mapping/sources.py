@@ -73,6 +73,7 @@ class Source:
     """A compiled source; build with :func:`parse_source`."""
 
     __slots__ = (
+        "_piped",
         "_read",
         "attributes",
         "default",
@@ -103,6 +104,7 @@ class Source:
         #: How errors name this source: the attribute, or e.g. ``template: Hi {namn}``.
         self.label = label
         self.pipeline = pipeline
+        self._piped = bool(pipeline)  # asked once a record: Pipeline.__bool__ is a call
         self.has_default = default is not MISSING
         self.default = default
         self.required = required
@@ -117,7 +119,7 @@ class Source:
         try:
             raw = self._read(data)  # templates write values as text, which can fail
             value = raw
-            if self.pipeline:
+            if self._piped:
                 value = self.pipeline.apply(None if raw is MISSING else raw)
                 if value is None and raw is MISSING:
                     value = MISSING  # still nothing: keep "missing" apart from an explicit null
