@@ -170,6 +170,8 @@ class Policy:
 _gateway_rules = Rules(deny=parse_ranges(BUILTIN_DENY))
 # Policy.refusal's answers under _gateway_rules alone, by address; emptied when they change.
 _verdicts: dict[str, str | None] = {}
+# policy_for's answers by (allow, deny) of an entry, None for none; emptied when the rules change.
+_policies: dict[tuple[tuple[str, ...], tuple[str, ...]] | None, Policy] = {}
 _current: contextvars.ContextVar[Policy | None] = contextvars.ContextVar(
     "destination_policy", default=None
 )
@@ -182,13 +184,26 @@ def configure(allow: str | Iterable[str] | None, deny: str | Iterable[str] | Non
         Rules(deny=parse_ranges(BUILTIN_DENY))
     )
     _verdicts.clear()
+    _policies.clear()
 
 
 def policy_for(options: Any = None) -> Policy:
-    """The policy for an entry with these ``options.destinations`` (None: none of its own)."""
-    if options is None:
-        return Policy(_gateway_rules)
-    return Policy(_gateway_rules, Rules(parse_ranges(options.allow), parse_ranges(options.deny)))
+    """The policy for an entry with these ``options.destinations`` (None: none of its own).
+
+    Made once per distinct setting (asked once per attempt: parsing the ranges every time
+    showed in one-a-request delivery profiles); :func:`configure` forgets them."""
+    key = None if options is None else (tuple(options.allow), tuple(options.deny))
+    policy = _policies.get(key)
+    if policy is None:
+        if len(_policies) >= 1024:
+            _policies.clear()
+        entry = (
+            None
+            if options is None
+            else Rules(parse_ranges(options.allow), parse_ranges(options.deny))
+        )
+        policy = _policies[key] = Policy(_gateway_rules, entry)
+    return policy
 
 
 def use(integration: Any) -> None:
