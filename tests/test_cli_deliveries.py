@@ -238,3 +238,52 @@ async def test_errors_and_exit_codes(aiohttp_client, tmp_path: Path, monkeypatch
     code, _, err = await cli(capsys, "status", "--url", str(client.make_url("/nowhere")))
     assert code == 1
     assert "NOT_FOUND (HTTP 404)" in err
+
+
+class _Pages:
+    """An AdminClient whose list endpoint answers from a script of pages."""
+
+    def __init__(self, answers: list[dict[str, Any]]) -> None:
+        from gateway.cli.adminclient import AdminClient
+
+        self.asked: list[str] = []
+        self.answers = answers
+        self.client = AdminClient.__new__(AdminClient)
+        self.client.url = "http://gw.test"
+        self.client.call = self.call  # type: ignore[method-assign]
+
+    def call(self, method: str, path: str, *_: Any, **__: Any) -> Any:
+        self.asked.append(path)
+        return self.answers[len(self.asked) - 1]
+
+
+def test_pages_follow_the_cursor_up_to_the_limit() -> None:
+    fake = _Pages(
+        [
+            {"links": [{"n": 1}, {"n": 2}], "next_cursor": "c1"},
+            {"links": [{"n": 3}], "next_cursor": "c2"},
+        ]
+    )
+    items, cursor = fake.client.pages(
+        "/admin/v1/links", {"group": "g", "key": None}, "links", cursor=None, limit=3, page_size=2
+    )
+    assert [i["n"] for i in items] == [1, 2, 3]
+    assert cursor == "c2"  # where a later call would go on
+    # The second page asks only for what the limit leaves, from the first page's cursor.
+    assert fake.asked == [
+        "/admin/v1/links?group=g&limit=2",
+        "/admin/v1/links?group=g&cursor=c1&limit=1",
+    ]
+
+
+@pytest.mark.parametrize(
+    "second", [{"links": [{"n": 2}], "next_cursor": "c1"}, {"links": [], "next_cursor": "c2"}]
+)
+def test_pages_refuse_a_cursor_that_does_not_move_on(second: dict[str, Any]) -> None:
+    from gateway.cli.adminclient import CliFailure
+
+    fake = _Pages([{"links": [{"n": 1}], "next_cursor": "c1"}, second])
+    with pytest.raises(CliFailure) as failure:
+        fake.client.pages("/admin/v1/links", {}, "links", cursor=None, limit=0)
+    assert failure.value.code == 1
+    assert "http://gw.test gave a cursor that does not move on" in failure.value.lines[0]

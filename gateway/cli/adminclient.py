@@ -100,6 +100,33 @@ class AdminClient:
             lines.append(f"  {e.get('field')}: {e.get('message')}")
         raise CliFailure(1, *lines)
 
+    def pages(
+        self,
+        path: str,
+        params: dict[str, Any],
+        items_key: str,
+        *,
+        cursor: str | None,
+        limit: int,
+        page_size: int = 1000,
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """Follow a list endpoint's pages from ``cursor`` until ``limit`` items (0: no limit)
+        or the end; return the items and the cursor after them. A gateway whose cursor does
+        not move on is an error (exit 1), not an endless loop."""
+        items: list[dict[str, Any]] = []
+        while True:
+            size = page_size if not limit else min(page_size, limit - len(items))
+            page = self.call(
+                "GET", path + query_string({**params, "cursor": cursor, "limit": size})
+            )
+            items += page[items_key]
+            after = page["next_cursor"]
+            if after is not None and (after == cursor or not page[items_key]):
+                raise CliFailure(1, f"error: {self.url} gave a cursor that does not move on")
+            cursor = after
+            if cursor is None or (limit and len(items) >= limit):
+                return items, cursor
+
 
 def admin_command(
     run: Callable[[argparse.Namespace, AdminClient], int],

@@ -11,7 +11,6 @@ from gateway.cli.adminclient import (
     CliFailure,
     add_admin_flags,
     admin_command,
-    query_string,
 )
 from gateway.cli.common import print_json
 from gateway.cli.table import age, cut, table
@@ -26,33 +25,20 @@ def _deliveries_list(args: argparse.Namespace, api: AdminClient) -> int:
         raise CliFailure(2, "error: --limit must be 0 (no limit) or more")
     if not 1 <= args.page_size <= 1000:
         raise CliFailure(2, "error: --page-size must be from 1 to 1000")
-    items: list[dict[str, Any]] = []
-    cursor = args.cursor
-    while True:
-        size = args.page_size if not args.limit else min(args.page_size, args.limit - len(items))
-        page = api.call(
-            "GET",
-            "/admin/v1/deliveries"
-            + query_string(
-                {
-                    "state": args.state,
-                    "group": args.group,
-                    "integration": args.integration,
-                    "created_after": args.created_after,
-                    "created_before": args.created_before,
-                    "cursor": cursor,
-                    "limit": size,
-                }
-            ),
-        )
-        items += page["deliveries"]
-        if page["next_cursor"] is not None and (
-            page["next_cursor"] == cursor or not page["deliveries"]
-        ):
-            raise CliFailure(1, f"error: {api.url} gave a cursor that does not move on")
-        cursor = page["next_cursor"]
-        if cursor is None or (args.limit and len(items) >= args.limit):
-            break
+    items, cursor = api.pages(
+        "/admin/v1/deliveries",
+        {
+            "state": args.state,
+            "group": args.group,
+            "integration": args.integration,
+            "created_after": args.created_after,
+            "created_before": args.created_before,
+        },
+        "deliveries",
+        cursor=args.cursor,
+        limit=args.limit,
+        page_size=args.page_size,
+    )
     if args.json:
         print_json({"deliveries": items, "next_cursor": cursor})
         return 0

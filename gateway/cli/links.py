@@ -4,14 +4,13 @@ e-mail), through a running gateway's admin API (:mod:`gateway.cli.adminclient`).
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from gateway.cli.adminclient import (
     AdminClient,
     CliFailure,
     add_admin_flags,
     admin_command,
-    query_string,
 )
 from gateway.cli.common import print_json
 from gateway.cli.table import table
@@ -25,29 +24,13 @@ def _links(args: argparse.Namespace, api: AdminClient) -> int:
     --limit or the end."""
     if args.limit < 0:
         raise CliFailure(2, "error: --limit must be 0 (no limit) or more")
-    items: list[dict[str, Any]] = []
-    cursor = args.cursor
-    while True:
-        size = 1000 if not args.limit else min(1000, args.limit - len(items))
-        page = api.call(
-            "GET",
-            "/admin/v1/links"
-            + query_string(
-                {
-                    "group": args.group,
-                    "integration": args.integration,
-                    "key": args.key,
-                    "cursor": cursor,
-                    "limit": size,
-                }
-            ),
-        )
-        items += page["links"]
-        if page["next_cursor"] is not None and (page["next_cursor"] == cursor or not page["links"]):
-            raise CliFailure(1, f"error: {api.url} gave a cursor that does not move on")
-        cursor = page["next_cursor"]
-        if cursor is None or (args.limit and len(items) >= args.limit):
-            break
+    items, cursor = api.pages(
+        "/admin/v1/links",
+        {"group": args.group, "integration": args.integration, "key": args.key},
+        "links",
+        cursor=args.cursor,
+        limit=args.limit,
+    )
     if args.json:
         print_json({"links": items, "next_cursor": cursor})
         return 0

@@ -260,15 +260,20 @@ async def key_create(request: web.Request) -> web.Response:
     return render("keys.html", request, ctx, status=201)
 
 
+async def _revoke(request: web.Request, noun: str, collection: str) -> web.Response:
+    """``DELETE /{collection}/{id}``, then back to the list page saying what happened."""
+    ident = request.match_info["id"]
+    try:
+        await api(request).call("DELETE", f"/{collection}/{seg(ident)}")
+        message = f"{noun} {ident} revoked."
+    except AdminError as exc:
+        message = f"{noun} {ident} not revoked: {exc.message}"
+    return redirect(f"{PREFIX}/{collection}?" + urlencode({"message": message}))
+
+
 async def key_revoke(request: web.Request) -> web.Response:
     """``POST /console/keys/{id}/revoke``: ``DELETE /keys/{id}``."""
-    key_id = request.match_info["id"]
-    try:
-        await api(request).call("DELETE", f"/keys/{seg(key_id)}")
-        message = f"Key {key_id} revoked."
-    except AdminError as exc:
-        message = f"Key {key_id} not revoked: {exc.message}"
-    return redirect(f"{PREFIX}/keys?" + urlencode({"message": message}))
+    return await _revoke(request, "Key", "keys")
 
 
 # -- scoped admin tokens ---------------------------------------------------------------------
@@ -315,13 +320,7 @@ async def token_create(request: web.Request) -> web.Response:
 
 async def token_revoke(request: web.Request) -> web.Response:
     """``POST /console/tokens/{id}/revoke``: ``DELETE /tokens/{id}``."""
-    token_id = request.match_info["id"]
-    try:
-        await api(request).call("DELETE", f"/tokens/{seg(token_id)}")
-        message = f"Token {token_id} revoked."
-    except AdminError as exc:
-        message = f"Token {token_id} not revoked: {exc.message}"
-    return redirect(f"{PREFIX}/tokens?" + urlencode({"message": message}))
+    return await _revoke(request, "Token", "tokens")
 
 
 def add_routes(app: web.Application) -> None:
