@@ -11,7 +11,7 @@ from __future__ import annotations
 import gc
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Container, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,6 +87,40 @@ class ReloadResult:
         }
 
 
+Stamp = tuple[int, int]  # a file's (mtime in ns, size): "changed" when it differs
+
+
+def yaml_files(directory: Path) -> dict[str, os.DirEntry[str]]:
+    """The ``*.yaml`` entries of ``directory`` by name; OSError when it cannot be read."""
+    return {e.name: e for e in os.scandir(directory) if e.name.endswith(".yaml")}
+
+
+def changes(
+    entries: Mapping[str, os.DirEntry[str]],
+    stamps: dict[str, Stamp],
+    retry: Container[str] = (),
+) -> tuple[list[os.DirEntry[str]], list[str]]:
+    """The entries added or changed since ``stamps`` was last updated (and those whose path
+    is in ``retry``), in name order, and the names gone since; ``stamps`` is brought up to
+    date. An entry that cannot be stat'ed (removed meanwhile) is left for the next scan."""
+    changed = []
+    for name in sorted(entries):
+        entry = entries[name]
+        try:
+            st = entry.stat()
+        except OSError:
+            continue
+        stamp = (st.st_mtime_ns, st.st_size)
+        if stamps.get(name) == stamp and entry.path not in retry:
+            continue
+        stamps[name] = stamp
+        changed.append(entry)
+    gone = [name for name in stamps if name not in entries]
+    for name in gone:
+        del stamps[name]
+    return changed, gone
+
+
 class MappingRegistry:
     """The live mappings of every group, from one directory."""
 
@@ -94,7 +128,7 @@ class MappingRegistry:
         self.directory = directory
         self._environ = environ
         self._live: dict[str, CompiledMapping] = {}
-        self._stamps: dict[str, tuple[int, int]] = {}  # file name -> (mtime_ns, size)
+        self._stamps: dict[str, Stamp] = {}  # file name -> (mtime_ns, size)
         self.problems: dict[str, list[Problem]] = {}  # file -> problems of its latest version
         self.error: str | None = None  # the directory itself cannot be read
 
@@ -140,23 +174,15 @@ class MappingRegistry:
         started = time.perf_counter()
         result = ReloadResult()
         try:
-            entries = {e.name: e for e in os.scandir(self.directory) if e.name.endswith(".yaml")}
+            entries = yaml_files(self.directory)
         except OSError as exc:
             self.error = f"cannot read mappings directory {self.directory}: {exc.strerror}"
             result.seconds = time.perf_counter() - started
             return result
         self.error = None
         live = dict(self._live)
-        for name in sorted(entries):
-            entry = entries[name]
-            try:
-                st = entry.stat()
-            except OSError:
-                continue
-            stamp = (st.st_mtime_ns, st.st_size)
-            if self._stamps.get(name) == stamp:
-                continue
-            self._stamps[name] = stamp
+        changed, gone = changes(entries, self._stamps)
+        for entry in changed:
             compiled, problems = load_file(Path(entry.path), self._environ)
             if compiled is None:
                 self.problems[entry.path] = problems
@@ -165,13 +191,11 @@ class MappingRegistry:
             self.problems.pop(entry.path, None)
             live[compiled.group_key] = compiled
             result.loaded.append(compiled.group_key)
-        for name in list(self._stamps):
-            if name not in entries:
-                del self._stamps[name]
-                group = name[: -len(".yaml")]
-                self.problems.pop(str(self.directory / name), None)
-                if live.pop(group, None) is not None:
-                    result.removed.append(group)
+        for name in gone:
+            group = name[: -len(".yaml")]
+            self.problems.pop(str(self.directory / name), None)
+            if live.pop(group, None) is not None:
+                result.removed.append(group)
         # One assignment: a reader sees the old set or the new one, never a mix.
         self._live = live
         result.seconds = time.perf_counter() - started

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -26,7 +25,7 @@ from typing import Any
 from gateway import logs
 from gateway.ids import GROUP_KEY_RE
 from gateway.mapping.errors import KeyPath, SpecError, format_key_path
-from gateway.mapping.loader import MappingRegistry, Problem, ReloadResult
+from gateway.mapping.loader import MappingRegistry, Problem, ReloadResult, changes, yaml_files
 from gateway.mapping.secrets import has_reference, resolve
 from gateway.mapping.watch import MappingReloader
 from gateway.mapping.yamlsrc import YamlError, line_of, load_with_lines
@@ -344,7 +343,7 @@ class SourceRegistry:
         started = time.perf_counter()
         result = SourcesReload()
         try:
-            entries = {e.name: e for e in os.scandir(self.directory) if e.name.endswith(".yaml")}
+            entries = yaml_files(self.directory)
         except FileNotFoundError:
             entries = {}  # no sources/ directory: no webhook sources, not an error
         except OSError as exc:
@@ -360,16 +359,10 @@ class SourceRegistry:
         problems_now = dict(self.problems)
         problems_now.pop(str(self.directory), None)
         live = dict(self._live)
-        for name in sorted(entries):
-            entry = entries[name]
-            try:
-                st = entry.stat()
-            except OSError:
-                continue
-            stamp = (st.st_mtime_ns, st.st_size)
-            if self._stamps.get(name) == stamp and entry.path not in problems_now:
-                continue
-            self._stamps[name] = stamp
+        # Failed files are tried again on every reload (a source may wait for its group's
+        # file or a secret to appear).
+        changed, gone = changes(entries, self._stamps, retry=problems_now)
+        for entry in changed:
             source, problems = load_source(Path(entry.path), self._environ)
             if source is not None and not self._group_known(source.group_key):
                 problems = [
@@ -383,9 +376,8 @@ class SourceRegistry:
                 ]
                 source = None
             if source is None:
-                # Failed files are tried again on every reload (a source may wait for its
-                # group's file or a secret to appear) but reported only when their problems
-                # changed, so a poll does not repeat the same warning.
+                # Reported only when its problems changed, so a poll does not repeat the same
+                # warning.
                 if problems_now.get(entry.path) != problems:
                     result.failed[entry.path] = problems
                 problems_now[entry.path] = problems
@@ -393,12 +385,10 @@ class SourceRegistry:
             problems_now.pop(entry.path, None)
             live[source.name] = source
             result.loaded.append(source.name)
-        for name in list(self._stamps):
-            if name not in entries:
-                del self._stamps[name]
-                problems_now.pop(str(self.directory / name), None)
-                if live.pop(name[: -len(".yaml")], None) is not None:
-                    result.removed.append(name[: -len(".yaml")])
+        for name in gone:
+            problems_now.pop(str(self.directory / name), None)
+            if live.pop(name[: -len(".yaml")], None) is not None:
+                result.removed.append(name[: -len(".yaml")])
         self._live = live  # one assignment: readers see the old set or the new one
         self.problems = problems_now
         result.seconds = time.perf_counter() - started
