@@ -144,14 +144,7 @@ def _check_record(
             f"Access key {principal.access_key_id} may not send records to group '{group_key}'",
         )
     if errors.total or group_key is None:
-        listed = "" if len(errors) == errors.total else f"; the first {len(errors)} are listed"
-        raise ApiError(
-            422,
-            "INVALID_DATA",
-            f"the record is not valid: {errors.total} problem(s){listed}",
-            errors=errors,
-            extra={"error_count": errors.total},
-        )
+        raise errors.invalid("the record is not valid")
     mapping = ing.mappings.get(group_key)
     if mapping is None:
         if ing.mappings.problems_of(group_key):

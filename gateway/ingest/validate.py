@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.errors import ApiError
 from gateway.ids import GROUP_KEY_RE
 
 # Group keys name mapping files, so they must be safe file names.
@@ -35,6 +36,18 @@ class Problems(list[dict[str, str]]):
         self.total += 1
         if len(self) < self.cap:
             self.append({"field": field, "message": message})
+
+    def invalid(self, lead: str) -> ApiError:
+        """422 INVALID_DATA: ``lead``, how many problems, the listed ones and the count of
+        all (``error_count``)."""
+        listed = "" if len(self) == self.total else f"; the first {len(self)} are listed"
+        return ApiError(
+            422,
+            "INVALID_DATA",
+            f"{lead}: {self.total} problem(s){listed}",
+            errors=self,
+            extra={"error_count": self.total},
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -300,14 +300,7 @@ def _record_data(
         data[name] = value
     validate_data(data, limits, errors=problems)
     if problems.total:
-        listed = "" if len(problems) == problems.total else f"; the first {len(problems)} listed"
-        raise ApiError(
-            422,
-            "INVALID_DATA",
-            f"the event does not make a valid record: {problems.total} problem(s){listed}",
-            errors=problems,
-            extra={"error_count": problems.total},
-        )
+        raise problems.invalid("the event does not make a valid record")
     return data
 
 
