@@ -256,3 +256,17 @@ async def test_server_errors_retry(tmp_path: Path) -> None:
     _, done = await engine_requests(tmp_path, LIST_ENTRY, _records("a@x.se", "b@x.se"), fake)
     assert all(d.state == DeliveryState.DELIVERED for d in done)
     assert fake.answered[0] == "server_error"
+
+
+async def test_a_server_asked_wait_holds_for_an_outage_too(tmp_path: Path) -> None:
+    # The engine reads Retry-After for every type, not only the types that read it
+    # themselves: a 503 (no lane-wide hold, unlike a 429) waits the second it asks for.
+    fake = vendor_fakes.klaviyo()
+    fake.shapes["busy"] = lambda r: vendor_fakes.Answer(
+        503, {"Retry-After": "1", "Content-Type": "text/plain"}, b"down for maintenance"
+    )
+    fake.plan = ["busy"]
+    sent, done = await engine_requests(tmp_path, ENTRY, _records("a@x.se"), fake)
+    assert done[0].state == DeliveryState.DELIVERED
+    assert len(sent) == 2
+    assert sent[1].at - sent[0].at >= 0.95

@@ -390,7 +390,18 @@ class Attempts:
                 )
                 for d in request.delivery_ids
             ]
-        return [read_out.get(o.delivery_id, o) for o in by_status]
+        out = []
+        for o in by_status:
+            mine = read_out.get(o.delivery_id)
+            if mine is None:
+                out.append(o)
+                continue
+            if mine.kind == OutcomeKind.RETRY and mine.retry_after is None:
+                # The server's own wait (Retry-After, *-Reset, in seconds or as a date) holds
+                # for every type; a type sets retry_after only for a vendor's other headers.
+                mine.retry_after = server_wait
+            out.append(mine)
+        return out
 
     def _judge_lane(
         self,

@@ -22,6 +22,7 @@ from gateway.integrations.base import (
     Param,
     Response,
 )
+from gateway.integrations.transport import is_retryable_status
 from gateway.mapping.errors import MappingError
 
 #: How much of a vendor's message an outcome keeps (errors end up in the store and logs).
@@ -78,11 +79,6 @@ def body_text(response: Response) -> str:
     return shorten(response.body[: MESSAGE_CHARS * 2].decode("utf-8", "replace"))
 
 
-def is_retryable(status: int) -> bool:
-    """Answers worth waiting for: timeouts, too early, rate limits, server errors."""
-    return status in (408, 425, 429) or status >= 500
-
-
 def whole_request(
     request: OutboundRequest,
     response: Response,
@@ -96,7 +92,7 @@ def whole_request(
     ``permanent`` says otherwise. The error is ``HTTP <status>: <vendor's message>``."""
     status = response.status
     if permanent is None:
-        permanent = not is_retryable(status)
+        permanent = not is_retryable_status(status)
     kind = OutcomeKind.PERMANENT if permanent else OutcomeKind.RETRY
     error = f"HTTP {status}: {shorten(message)}" if message else f"HTTP {status}"
     return [Outcome(d, kind, status, error, retry_after) for d in request.delivery_ids]

@@ -162,8 +162,7 @@ def read(request: OutboundRequest, response: Response) -> list[Outcome]:
     if 200 <= status < 300:
         return _saas.delivered(request, status)
     message = error_message(_saas.loads(response.body)) or _saas.body_text(response)
-    wait = _saas.header_seconds(response.headers, "Retry-After")
-    return _saas.whole_request(request, response, message, retry_after=wait)
+    return _saas.whole_request(request, response, message)  # the engine reads Retry-After
 
 
 AUTOMATUM_METERING = register(

@@ -325,8 +325,7 @@ def read(request: OutboundRequest, response: Response) -> list[Outcome]:
                 retry_until=c.received_at + c.retry_for,
             )
         ]
-    retry_after = _saas.header_seconds(response.headers, "Retry-After") if status == 429 else None
-    return _saas.whole_request(request, response, message, retry_after=retry_after)
+    return _saas.whole_request(request, response, message)  # the engine reads Retry-After
 
 
 def check(

@@ -139,10 +139,8 @@ def read(request: OutboundRequest, response: Response) -> list[Outcome]:
     action_prohibited) is permanent."""
     if 200 <= response.status < 300:
         return _saas.delivered(request, response.status)
-    retry_after = _saas.header_seconds(response.headers, "Retry-After")
-    return _saas.whole_request(
-        request, response, _saas.body_text(response), retry_after=retry_after
-    )
+    # A 429's Retry-After is the engine's to read, as for every type.
+    return _saas.whole_request(request, response, _saas.body_text(response))
 
 
 def check(
