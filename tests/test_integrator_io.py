@@ -319,7 +319,8 @@ async def test_401_is_permanent_and_opens_the_breaker_429_retries(tmp_path: Path
         assert all(d.attempts == 1 for d in done)
         lane = rig.engine.lanes[("shop", "licences")]
         assert lane.breaker.state(time.monotonic()) == BreakerState.OPEN
-        # The token never appears in what the gateway stored.
+        # The fake echoed the refused token; the gateway stored it scrubbed.
+        assert all("Unauthorized: " in (d.last_error or "") for d in done)
         assert all(TOKEN not in (d.last_error or "") for d in done)
     finally:
         await rig.close()

@@ -170,3 +170,34 @@ async def test_two_stores_on_one_file_take_turns_without_failures(tmp_path: Path
     finally:
         await a.close()
         await b.close()
+
+
+async def test_acquiring_before_open_is_unavailable(tmp_path: Path) -> None:
+    from gateway.store.writelock import WriteLock
+
+    with pytest.raises(StoreUnavailable, match="not open"):
+        await WriteLock(tmp_path / "g.db", 1.0).acquire()
+
+
+async def test_a_failing_flock_is_unavailable_and_names_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    from gateway.store import writelock
+
+    real = writelock.fcntl.flock
+
+    def flock(fd: int, op: int) -> None:
+        if op == writelock.fcntl.LOCK_EX:  # the blocking wait, not the first try
+            raise OSError(errno.ENOLCK, "No locks available")
+        real(fd, op)
+
+    db = tmp_path / "g.db"
+    async with opened(db, 2.0) as s:
+        with held_elsewhere(db):
+            monkeypatch.setattr(writelock.fcntl, "flock", flock)
+            with pytest.raises(StoreUnavailable, match="cannot take the store's write lock"):
+                await commit(s)
+            monkeypatch.setattr(writelock.fcntl, "flock", real)
+        assert (await commit(s)).committed  # the next write waits afresh

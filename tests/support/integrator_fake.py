@@ -88,8 +88,11 @@ class IntegratorFake:
             if forced == "429":
                 return _json(429, {"message": "Too many requests"}, {"Retry-After": "1"})
             return _json(500, {"message": "Internal error"})
-        if request.headers.get("Authorization") != f"Bearer {self.token}":
-            return _json(401, {"message": "Unauthorized", "code": "unauthorized"})
+        sent = request.headers.get("Authorization")
+        if sent != f"Bearer {self.token}":
+            # Echoes the credential refused, as careless APIs do: what the gateway stores of
+            # this answer must not carry it.
+            return _json(401, {"message": f"Unauthorized: {sent}", "code": "unauthorized"})
         if request.match_info["cid"] != self.connector_id:
             return _json(404, {"errors": [{"code": "not_found", "message": "No connector"}]})
         lid = request.match_info.get("lid")

@@ -39,7 +39,6 @@ CLAIM_SELECT = (
     "JOIN records r ON r.id = d.record_id WHERE "
 )
 CLAIM_ORDER = " ORDER BY d.next_attempt_at, d.id LIMIT ?"
-LEASE = "UPDATE deliveries SET lease_owner = ?, lease_expires_at = ?, updated_at = ? WHERE id = ?"
 # A whole claim leased in one statement: the ids as a JSON array.
 LEASE_MANY = (
     "UPDATE deliveries SET lease_owner = ?, lease_expires_at = ?, updated_at = ? "
