@@ -218,3 +218,31 @@ async def test_outcomes_finishing_during_a_store_write_share_the_next_and_fall_b
             assert len(await rig.store.list_attempts(did)) == 1
     finally:
         await rig.close()
+
+
+async def test_a_failed_outcome_write_is_retried_and_recorded_once(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    # The store refuses the first writes of an outcome: the attempt's result is written
+    # again after a pause, not lost and not sent again.
+    rig = await Rig.create(tmp_path, [http_entry("hook", receiver.url)])
+    real = rig.store.update_deliveries
+    refused: list[int] = []
+
+    async def flaky_store(updates: list[DeliveryUpdate]) -> int:
+        if len(refused) < 2:
+            refused.append(len(updates))
+            raise StoreError("the disk is full")
+        return await real(updates)
+
+    rig.store.update_deliveries = flaky_store  # type: ignore[method-assign]
+    try:
+        [did] = await rig.add(["hook"])
+        [d] = await rig.wait_settled([did])
+        assert d.state == DeliveryState.DELIVERED
+        assert d.attempts == 1
+        assert len(receiver.seen) == 1  # written late, not sent twice
+        assert len(await rig.store.list_attempts(did)) == 1
+        assert len(refused) == 2  # the joint call, then the write alone; the third wrote
+    finally:
+        await rig.close()
